@@ -1,0 +1,175 @@
+"""Typed, frozen configuration of the model.
+
+The dataclass defaults are the paper's / reference's defaults (see
+shared/reference/PIX2PIXHD.md). Channel counts are derived here, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model.errors import ConfigError
+
+GanMode = Literal["ls", "vanilla", "hinge"]
+NormType = Literal["instance", "batch"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Coarse-to-fine generator. ``n_local_enhancers == 0`` is the global generator.
+
+    ``ngf`` is the width of the outermost network: 64 for the global generator, 32 for
+    the paper's local generator (whose global part then has 32 * 2 = 64 filters).
+    """
+
+    ngf: int = 64
+    n_downsample_global: int = 4
+    n_blocks_global: int = 9
+    n_local_enhancers: int = 0
+    n_blocks_local: int = 3
+    norm: NormType = "instance"
+    output_nc: int = 3
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this."""
+        return 2 ** (self.n_downsample_global + self.n_local_enhancers)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    num_D: int = 2
+    n_layers_D: int = 3
+    ndf: int = 64
+    norm: NormType = "instance"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Instance-level feature encoder (used only with ``use_instance_features``)."""
+
+    feat_num: int = 3
+    nef: int = 16
+    n_downsample_E: int = 4
+    n_clusters: int = 10
+    norm: NormType = "instance"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: GanMode = "ls"
+    use_feature_matching: bool = True
+    use_vgg_loss: bool = True
+    lambda_feat: float = 10.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build G, D and E. Stored inside every checkpoint."""
+
+    label_nc: int = 35
+    use_instance_map: bool = True
+    use_instance_features: bool = False
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.label_nc < 0:
+            raise ConfigError(f"label_nc must be >= 0 (0 means RGB labels), got {self.label_nc}")
+        if self.label_nc == 0 and self.use_instance_map:
+            raise ConfigError(
+                "label_nc 0 (RGB label images) cannot use instance maps: "
+                "set use_instance_map: false"
+            )
+        g = self.generator
+        for name in ("ngf", "n_downsample_global", "n_blocks_global"):
+            if getattr(g, name) < 1:
+                raise ConfigError(f"generator.{name} must be >= 1, got {getattr(g, name)}")
+        if g.n_local_enhancers < 0 or g.n_blocks_local < 0:
+            raise ConfigError("generator.n_local_enhancers and n_blocks_local must be >= 0")
+        d = self.discriminator
+        if d.num_D < 1 or d.n_layers_D < 1 or d.ndf < 1:
+            raise ConfigError(f"discriminator values must be >= 1, got {d}")
+
+    @property
+    def label_channels(self) -> int:
+        """Channels of the encoded label: one-hot (or RGB) plus the boundary map."""
+        return (self.label_nc if self.label_nc > 0 else 3) + int(self.use_instance_map)
+
+    @property
+    def generator_input_nc(self) -> int:
+        feats = self.encoder.feat_num if self.use_instance_features else 0
+        return self.label_channels + feats
+
+    @property
+    def discriminator_input_nc(self) -> int:
+        """D sees the encoded label and an image; never the feature map."""
+        return self.label_channels + self.generator.output_nc
+
+
+# ---------------------------------------------------------------------------
+# dict <-> dataclass, with errors that name the offending key
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain nested dict of primitives (safe for ``torch.load(weights_only=True)``)."""
+    return dataclasses.asdict(obj)
+
+
+def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_scalar(value, args[0], where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict. Unknown keys are an error naming the key."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = from_dict(annotation, value, key)
+        else:
+            kwargs[name] = _check_scalar(value, annotation, key)
+    return cls(**kwargs)

@@ -1,0 +1,21 @@
+"""Exceptions for problems the user can fix (bad input, bad config, bad file).
+
+The command line turns these into a one-line message and a non-zero exit, without a
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+
+class Pix2PixHDError(Exception):
+    """Base class for errors caused by user input."""
+
+
+class ConfigError(Pix2PixHDError):
+    """A configuration value is unknown, of the wrong type or inconsistent."""
+
+
+class InputError(Pix2PixHDError):
+    """An input tensor or file does not match what the model expects."""
+
+
+class CheckpointError(Pix2PixHDError):
+    """A checkpoint file is missing, truncated, or does not fit the architecture."""
