@@ -100,10 +100,7 @@ def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], wha
     own = module.state_dict()
     state = {k.removeprefix("module."): v for k, v in state.items()}
     # Old checkpoints carry InstanceNorm running statistics that current torch does not use.
-    state = {
-        k: v for k, v in state.items()
-        if k in own or not k.endswith(_LEGACY_NORM_SUFFIXES)
-    }
+    state = {k: v for k, v in state.items() if k in own or not k.endswith(_LEGACY_NORM_SUFFIXES)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -167,8 +164,10 @@ def _plain_state_dict(path: str | Path, what: str) -> StateDict:
     data = _torch_load(path)
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not data or not all(
-        isinstance(v, torch.Tensor) for v in data.values()
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(v, torch.Tensor) for v in data.values())
     ):
         raise CheckpointError(f"{path}: expected a {what} state_dict (a mapping of tensors)")
     data = {k.removeprefix("module."): v for k, v in data.items()}
@@ -195,7 +194,7 @@ def infer_generator(state: StateDict, path: str | Path) -> tuple[GeneratorConfig
     """GeneratorConfig and input channels from the tensor shapes of a reference G."""
     if "model.1.weight" not in state:
         raise CheckpointError(f"{path}: not a pix2pixHD generator (no 'model.1.weight')")
-    n_local = len({int(m.group(1)) for k in state if (m := re.match(r"model(\d+)_1\.", k))})
+    n_local = len(_numbers(state, r"model(\d+)_1\."))
     layers = _sequential_convs(state, "model.")
     first_block = next((p for p, (_, _, rb) in enumerate(layers) if rb), None)
     if first_block is None:
@@ -207,8 +206,11 @@ def infer_generator(state: StateDict, path: str | Path) -> tuple[GeneratorConfig
     if n_local == 0:
         output_nc = int(state[f"model.{layers[-1][0]}.weight"].shape[0])
         cfg = GeneratorConfig(
-            ngf=ngf_global, n_downsample_global=n_down, n_blocks_global=n_blocks,
-            n_local_enhancers=0, output_nc=output_nc,
+            ngf=ngf_global,
+            n_downsample_global=n_down,
+            n_blocks_global=n_blocks,
+            n_local_enhancers=0,
+            output_nc=output_nc,
         )
         return cfg, input_nc
     outer = _sequential_convs(state, f"model{n_local}_2.")
@@ -220,28 +222,40 @@ def infer_generator(state: StateDict, path: str | Path) -> tuple[GeneratorConfig
             f"{path}: inconsistent local generator widths ({ngf} x 2^{n_local} != {ngf_global})"
         )
     cfg = GeneratorConfig(
-        ngf=ngf, n_downsample_global=n_down, n_blocks_global=n_blocks,
-        n_local_enhancers=n_local, n_blocks_local=n_blocks_local, output_nc=output_nc,
+        ngf=ngf,
+        n_downsample_global=n_down,
+        n_blocks_global=n_blocks,
+        n_local_enhancers=n_local,
+        n_blocks_local=n_blocks_local,
+        output_nc=output_nc,
     )
     return cfg, input_nc
 
 
-def infer_discriminator(state: StateDict, path: str | Path) -> tuple[DiscriminatorConfig, int, bool]:
+def _numbers(state: StateDict, pattern: str) -> set[int]:
+    return {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+
+
+def infer_discriminator(
+    state: StateDict, path: str | Path
+) -> tuple[DiscriminatorConfig, int, bool]:
     """DiscriminatorConfig, input channels, and whether it has intermediate features."""
-    scales = {int(m.group(1)) for k in state if (m := re.match(r"scale(\d+)_layer\d+\.", k))}
+    scales = _numbers(state, r"scale(\d+)_layer\d+\.")
     if scales:
-        n_groups = len({int(m.group(1)) for k in state if (m := re.match(r"scale0_layer(\d+)\.", k))})
+        n_groups = len(_numbers(state, r"scale0_layer(\d+)\."))
         first = state["scale0_layer0.0.weight"]
-        return (
-            DiscriminatorConfig(num_D=len(scales), n_layers_D=n_groups - 2, ndf=int(first.shape[0])),
-            int(first.shape[1]),
-            True,
+        cfg = DiscriminatorConfig(
+            num_D=len(scales), n_layers_D=n_groups - 2, ndf=int(first.shape[0])
         )
-    flat = {int(m.group(1)) for k in state if (m := re.match(r"layer(\d+)\.\d+\.", k))}
+        return cfg, int(first.shape[1]), True
+    flat = _numbers(state, r"layer(\d+)\.\d+\.")
     if not flat or "layer0.0.weight" not in state:
         raise CheckpointError(f"{path}: not a pix2pixHD multiscale discriminator")
-    n_convs = sum(1 for k, v in state.items() if k.startswith("layer0.") and k.endswith(".weight")
-                  and v.dim() == 4)
+    n_convs = sum(
+        1
+        for k, v in state.items()
+        if k.startswith("layer0.") and k.endswith(".weight") and v.dim() == 4
+    )
     first = state["layer0.0.weight"]
     return (
         DiscriminatorConfig(num_D=len(flat), n_layers_D=n_convs - 2, ndf=int(first.shape[0])),

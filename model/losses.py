@@ -87,7 +87,7 @@ class VGG19Features(nn.Module):
                     f"VGG19 weights: {key} has shape {tuple(wanted[key].shape)}, "
                     f"expected {tuple(value.shape)}"
                 )
-        features.load_state_dict({k[len("features."):]: v for k, v in wanted.items()})
+        features.load_state_dict({k[len("features.") :]: v for k, v in wanted.items()})
         self.slices = nn.ModuleList(
             nn.Sequential(*[features[i] for i in range(a, b)]) for a, b in VGG_SLICES
         )

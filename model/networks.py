@@ -353,13 +353,23 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
     g = cfg.generator
     if g.n_local_enhancers == 0:
         net: nn.Module = GlobalGenerator(
-            cfg.generator_input_nc, g.output_nc, g.ngf, g.n_downsample_global,
-            g.n_blocks_global, g.norm,
+            cfg.generator_input_nc,
+            g.output_nc,
+            g.ngf,
+            g.n_downsample_global,
+            g.n_blocks_global,
+            g.norm,
         )
     else:
         net = LocalEnhancer(
-            cfg.generator_input_nc, g.output_nc, g.ngf, g.n_downsample_global,
-            g.n_blocks_global, g.n_local_enhancers, g.n_blocks_local, g.norm,
+            cfg.generator_input_nc,
+            g.output_nc,
+            g.ngf,
+            g.n_downsample_global,
+            g.n_blocks_global,
+            g.n_local_enhancers,
+            g.n_blocks_local,
+            g.norm,
         )
     init_weights(net)
     return net
@@ -368,7 +378,11 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
 def build_discriminator(cfg: ModelConfig) -> MultiscaleDiscriminator:
     d = cfg.discriminator
     net = MultiscaleDiscriminator(
-        cfg.discriminator_input_nc, d.ndf, d.n_layers_D, d.num_D, d.norm,
+        cfg.discriminator_input_nc,
+        d.ndf,
+        d.n_layers_D,
+        d.num_D,
+        d.norm,
         intermediate_features=cfg.loss.use_feature_matching,
     )
     init_weights(net)

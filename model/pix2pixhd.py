@@ -140,8 +140,11 @@ class Pix2PixHD(nn.Module):
         g_losses = {"G_GAN": self.criterion_gan(pred_fake, True, for_discriminator=False)}
         if cfg.loss.use_feature_matching:
             g_losses["G_GAN_Feat"] = feature_matching_loss(
-                pred_fake, pred_real, cfg.discriminator.n_layers_D,
-                cfg.discriminator.num_D, cfg.loss.lambda_feat,
+                pred_fake,
+                pred_real,
+                cfg.discriminator.n_layers_D,
+                cfg.discriminator.num_D,
+                cfg.loss.lambda_feat,
             )
         if self.vgg_loss is not None:
             g_losses["G_VGG"] = self.vgg_loss(fake, image) * cfg.loss.lambda_feat

@@ -1,0 +1,191 @@
+"""Step `generate`: label maps (+ instance maps, + photos for encoded features) -> PNGs.
+
+Output files keep the input stems, at native size: inputs whose size the generator
+cannot take are padded (edge replication) to the next valid size and cropped back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.checkpoint import build_model, load_checkpoint
+from model.errors import InputError
+from model.image_io import (
+    index_by_stem,
+    label_to_tensor,
+    list_images,
+    read_instance,
+    read_label,
+    read_rgb,
+    rgb_to_tensor,
+    tensor_to_rgb,
+    write_png,
+)
+from model.pix2pixhd import Pix2PixHD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    label: Path
+    instance: Path | None
+    image: Path | None
+
+
+def pair_inputs(
+    labels: Path, instances: Path | None, images: Path | None, need_instances: bool
+) -> list[Sample]:
+    """Pair files by stem. Every label needs its instance map (and photo, when given)."""
+    label_files = index_by_stem(list_images(labels), "label")
+    if not label_files:
+        raise InputError(f"{labels}: no label images found")
+    inst_files = index_by_stem(list_images(instances), "instance") if instances else {}
+    image_files = index_by_stem(list_images(images), "image") if images else {}
+    if need_instances and instances is None:
+        raise InputError("this model uses instance maps: pass --instances DIR")
+    samples = []
+    for stem, label in sorted(label_files.items()):
+        inst = inst_files.get(stem) if instances else None
+        if instances and inst is None:
+            raise InputError(f"{label}: no instance map with stem '{stem}' in {instances}")
+        img = image_files.get(stem) if images else None
+        if images and img is None:
+            raise InputError(f"{label}: no photo with stem '{stem}' in {images}")
+        samples.append(Sample(stem, label, inst, img))
+    return samples
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    ph, pw = height - x.shape[-2], width - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    if x.dtype.is_floating_point:
+        return F.pad(x, (0, pw, 0, ph), mode="replicate")
+    # replicate padding is float-only: pad integer maps through float64 (exact for ids).
+    return F.pad(x.to(torch.float64), (0, pw, 0, ph), mode="replicate").to(x.dtype)
+
+
+def _load(sample: Sample, label_nc: int) -> dict[str, torch.Tensor]:
+    if label_nc > 0:
+        label = label_to_tensor(read_label(sample.label))
+    else:
+        label = rgb_to_tensor(read_rgb(sample.label))
+    out = {"label": label}
+    if sample.instance is not None:
+        inst = label_to_tensor(read_instance(sample.instance))
+        if inst.shape[-2:] != label.shape[-2:]:
+            raise InputError(
+                f"{sample.instance}: size {tuple(inst.shape[-2:])} differs from its label map "
+                f"{sample.label} {tuple(label.shape[-2:])}"
+            )
+        out["instance"] = inst
+    if sample.image is not None:
+        img = rgb_to_tensor(read_rgb(sample.image))
+        if img.shape[-2:] != label.shape[-2:]:
+            raise InputError(
+                f"{sample.image}: size {tuple(img.shape[-2:])} differs from its label map "
+                f"{sample.label} {tuple(label.shape[-2:])}"
+            )
+        out["image"] = img
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def generate_batch(
+    model: Pix2PixHD, batch: list[dict[str, torch.Tensor]], device: torch.device
+) -> list[torch.Tensor]:
+    """Generate one batch of same-size samples at their native size."""
+    h, w = batch[0]["label"].shape[-2:]
+    m = model.cfg.generator.size_multiple
+    ph, pw = -(-h // m) * m, -(-w // m) * m
+
+    def stack(key: str) -> torch.Tensor | None:
+        if key not in batch[0]:
+            return None
+        return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(device)
+
+    label, inst, image = stack("label"), stack("instance"), stack("image")
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    with autocast:
+        fake = model.generate(label, inst, image=image)
+    return [f[:, :h, :w].float() for f in fake]
+
+
+def run(
+    checkpoint: Path,
+    labels: Path,
+    out: Path,
+    instances: Path | None = None,
+    images: Path | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Generate one PNG per label map into ``out``; returns and writes a summary."""
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt).eval()
+    cfg = model.cfg
+    if cfg.use_instance_features and images is None:
+        raise InputError(
+            "this model uses instance features: pass --images DIR with the photos to encode "
+            "them from"
+        )
+    samples = pair_inputs(
+        labels,
+        instances if cfg.use_instance_map else None,
+        images if cfg.use_instance_features else None,
+        need_instances=cfg.use_instance_map,
+    )
+    dev = resolve_device(device)
+    model.to(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    pending: list[tuple[Sample, dict[str, torch.Tensor]]] = []
+
+    def flush() -> None:
+        fakes = generate_batch(model, [t for _, t in pending], dev)
+        for (sample, _), fake in zip(pending, fakes, strict=True):
+            write_png(out / f"{sample.stem}.png", tensor_to_rgb(fake))
+        pending.clear()
+
+    for sample in tqdm(samples, desc="generate", unit="img"):
+        tensors = _load(sample, cfg.label_nc)
+        if pending and tensors["label"].shape != pending[0][1]["label"].shape:
+            flush()
+        pending.append((sample, tensors))
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    seconds = time.perf_counter() - start
+    summary = {
+        "images": len(samples),
+        "seconds": round(seconds, 3),
+        "seconds_per_image": round(seconds / len(samples), 4),
+        "device": str(dev),
+    }
+    (out / "generate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "generated %d images into %s (%.2f s/image)",
+        len(samples),
+        out,
+        summary["seconds_per_image"],
+    )
+    return summary

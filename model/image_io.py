@@ -1,0 +1,121 @@
+"""Reading and writing label maps, instance maps and photos; tensor conversions.
+
+Data contract (DESIGN.md): label maps are 8-bit single-channel PNGs of label ids;
+instance maps are read as 32-bit integers (Cityscapes ids reach 33xxx: never int16);
+photos are 8-bit RGB. Files pair by stem, never by sorted order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from model.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Cityscapes file name suffixes, longest first, so that one sample's files share a stem.
+_STEM_SUFFIXES = (
+    "_gtFine_instanceIds",
+    "_gtFine_labelIds",
+    "_gtFine_color",
+    "_gtCoarse_instanceIds",
+    "_gtCoarse_labelIds",
+    "_leftImg8bit",
+    "_boundary",
+)
+
+
+def sample_stem(path: str | Path) -> str:
+    """The name a sample's files share: the file stem minus Cityscapes suffixes."""
+    stem = Path(path).stem
+    for suffix in _STEM_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def list_images(directory: str | Path) -> list[Path]:
+    """Image files under ``directory`` (recursively), sorted by path."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def index_by_stem(paths: list[Path], what: str) -> dict[str, Path]:
+    """Map stem -> path; two files with one stem is an error naming both."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        s = sample_stem(p)
+        if s in out:
+            raise InputError(f"two {what} files share the stem '{s}': {out[s]} and {p}")
+        out[s] = p
+    return out
+
+
+def _open(path: str | Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"{path}: unreadable image (truncated or not an image?): {exc}") from None
+    return img
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """8-bit single-channel label ids -> (H, W) int64."""
+    img = _open(path)
+    if img.mode not in ("L", "P"):
+        raise InputError(
+            f"{path}: label map has mode {img.mode}; expected an 8-bit single-channel PNG "
+            "of label ids (mode L or P)"
+        )
+    return np.asarray(img, dtype=np.uint8).astype(np.int64)
+
+
+def read_instance(path: str | Path) -> np.ndarray:
+    """Instance ids as 32-bit integers -> (H, W) int64 (no 16-bit wrap at 32768)."""
+    img = _open(path)
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "P"):
+        raise InputError(
+            f"{path}: instance map has mode {img.mode}; expected a single-channel "
+            "8/16/32-bit integer PNG"
+        )
+    # PIL gives uint16 for 16-bit PNGs: widen, never reinterpret as int16.
+    return np.asarray(img).astype(np.int64)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """8-bit RGB photo -> (H, W, 3) uint8."""
+    img = _open(path)
+    if img.mode != "RGB":
+        raise InputError(f"{path}: photo has mode {img.mode}; expected 8-bit RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def label_to_tensor(label: np.ndarray) -> torch.Tensor:
+    """(H, W) ids -> (1, H, W) int64."""
+    return torch.from_numpy(np.ascontiguousarray(label)).to(torch.int64).unsqueeze(0)
+
+
+def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32)
+    return t / 127.5 - 1.0
+
+
+def tensor_to_rgb(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, rounding to nearest."""
+    t = ((image.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return t.permute(1, 2, 0).cpu().numpy()
