@@ -28,6 +28,7 @@ from model.config import (
     to_dict,
 )
 from model.errors import CheckpointError, ConfigError
+from model.networks import build_discriminator, build_encoder, build_generator
 from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
@@ -321,14 +322,20 @@ def import_official(
         encoder=e_cfg,
         loss=LossConfig(use_feature_matching=use_fm),
     )
-    model = Pix2PixHD(cfg, with_discriminator=d_state is not None)
-    _load_strict(model.netG, g_state, str(generator))
-    if e_state is not None:
-        _load_strict(model.netE, e_state, str(encoder))
-    if d_state is not None:
-        _load_strict(model.netD, d_state, str(discriminator))
+    payload: dict[str, Any] = {"config": to_dict(cfg), "G": None, "D": None, "E": None}
+    parts = [
+        ("G", build_generator, g_state, generator),
+        ("E", build_encoder, e_state, encoder),
+        ("D", build_discriminator, d_state, discriminator),
+    ]
+    for key, build, state, path in parts:
+        if state is not None:
+            with torch.device("meta"):  # shapes only; weights come from the file
+                net = build(cfg)
+            net = net.to_empty(device="cpu")
+            _load_strict(net, state, str(path))
+            payload[key] = net.state_dict()
     log.info("imported %s: %s", generator, cfg)
-    payload = model_payload(model)
     payload["source"] = {
         "generator": str(generator),
         "encoder": str(encoder) if encoder else None,

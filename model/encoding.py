@@ -7,6 +7,7 @@ then instance features (feat_num).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from model.errors import InputError
 
@@ -24,13 +25,10 @@ def boundary_map(instance: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) instance ids -> (N, 1, H, W) float map: 1 where a pixel's id differs
     from its left, right, upper or lower neighbour (both sides of a boundary)."""
     inst = instance.to(torch.int64)
-    dx = inst[..., :, 1:] != inst[..., :, :-1]
-    dy = inst[..., 1:, :] != inst[..., :-1, :]
-    zero_col = torch.zeros_like(dx[..., :, :1])
-    zero_row = torch.zeros_like(dy[..., :1, :])
-    edge = torch.cat([dx, zero_col], -1) | torch.cat([zero_col, dx], -1)
-    edge = edge | torch.cat([dy, zero_row], -2) | torch.cat([zero_row, dy], -2)
-    return edge.to(torch.float32)
+    dx = (inst[..., :, 1:] != inst[..., :, :-1]).to(torch.float32)
+    dy = (inst[..., 1:, :] != inst[..., :-1, :]).to(torch.float32)
+    edge = F.pad(dx, (0, 1)) + F.pad(dx, (1, 0)) + F.pad(dy, (0, 0, 0, 1)) + F.pad(dy, (0, 0, 1, 0))
+    return (edge > 0).to(torch.float32)
 
 
 def check_label_range(label: torch.Tensor, label_nc: int) -> None:

@@ -70,9 +70,11 @@ class VGG19Features(nn.Module):
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models import vgg
 
-        features = vgg19(weights=None).features
+        # torchvision's own builder for vgg19's `features` (config "E", no batch norm),
+        # without allocating the 120M-parameter classifier we never use.
+        features = vgg.make_layers(vgg.cfgs["E"], batch_norm=False)
         wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
         own = {f"features.{k}": v for k, v in features.state_dict().items()}
         missing = sorted(set(own) - set(wanted))
