@@ -106,12 +106,12 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:
     """(H, W) ids -> (1, H, W) int64."""
-    return torch.from_numpy(np.ascontiguousarray(label)).to(torch.int64).unsqueeze(0)
+    return torch.from_numpy(np.array(label, dtype=np.int64)).unsqueeze(0)
 
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32)
+    t = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
     return t / 127.5 - 1.0
 
 

@@ -1,0 +1,32 @@
+# Set-up and entry points. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[mlops,dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/python -m pytest tests
+
+demo: setup
+	$(BIN)/python -m components.cli --help >/dev/null
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+bench: setup
+	$(BIN)/python bench/generation.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
