@@ -44,6 +44,49 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     )
 
 
+def _cmd_synth(args: argparse.Namespace) -> dict:
+    from components import synth
+
+    width, height = args.size
+    return synth.run(
+        out=args.out,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        width=width,
+        height=height,
+        seed=args.seed,
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> dict:
+    from components import validate
+
+    return validate.run(
+        data=args.data,
+        out=args.out,
+        layout=args.layout,
+        label_nc=args.label_nc,
+        use_instance_map=not args.no_instance_map,
+        size_multiple=args.size_multiple,
+    )
+
+
+def _cmd_boundaries(args: argparse.Namespace) -> dict:
+    from components import boundaries
+
+    return boundaries.run(data=args.data, out=args.out, layout=args.layout, workers=args.workers)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT like 256x128, got {text!r}"
+        ) from None
+    return w, h
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -101,6 +144,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=_cmd_generate)
+
+    data = sub.add_parser("data", help="dataset tools (synth)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = data_sub.add_parser(
+        "synth",
+        help="render the bundled street-scene dataset (Cityscapes layout)",
+        description="Render procedural street scenes with Cityscapes label and instance ids.",
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-train", type=int, default=200)
+    p.add_argument("--num-val", type=int, default=40)
+    p.add_argument("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT (default 256x128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth, command="data synth")
+
+    layouts = ["auto", "cityscapes", "folder", "rgb"]
+    p = sub.add_parser(
+        "validate",
+        help="check a dataset with a Great Expectations suite",
+        description="Build a per-sample manifest and validate it; on failure write a report "
+        "naming each bad file and exit non-zero; on success write summary.json.",
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--layout", choices=layouts, default="auto")
+    p.add_argument("--label-nc", type=int, default=35)
+    p.add_argument("--no-instance-map", action="store_true")
+    p.add_argument(
+        "--size-multiple",
+        type=_positive_int,
+        default=16,
+        help="the model's size multiple, 2**(n_downsample_global + n_local_enhancers)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "boundaries",
+        help="precompute instance boundary maps",
+        description="Write one boundary PNG per instance map (idempotent, parallel).",
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--layout", choices=layouts, default="auto")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=_positive_int, default=None)
+    p.set_defaults(func=_cmd_boundaries)
     return parser
 
 

@@ -1,0 +1,97 @@
+"""Step `boundaries`: precompute instance boundary maps for a whole dataset.
+
+One 8-bit PNG (0 / 255) per instance map, at ``out/<split>/<stem>_boundary.png``.
+Idempotent: a map newer than its instance file is skipped. Uses a process pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.datasets import LAYOUTS, detect_layout, find_samples
+from model.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def boundary_path(out: Path, split: str, stem: str) -> Path:
+    return out / split / f"{stem}_boundary.png"
+
+
+def boundary_array(instance: np.ndarray) -> np.ndarray:
+    """(H, W) ids -> (H, W) uint8, 255 on instance boundaries (the model's own definition)."""
+    import torch
+
+    from model.encoding import boundary_map
+
+    edge = boundary_map(torch.from_numpy(np.asarray(instance, np.int64))[None, None])[0, 0]
+    return edge.numpy().astype(np.uint8) * 255
+
+
+def _one(job: tuple[str, str]) -> str:
+    from PIL import Image
+
+    from model.image_io import read_instance
+
+    src, dst = job
+    tmp = f"{dst}.tmp.png"
+    Image.fromarray(boundary_array(read_instance(src))).save(tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def run(
+    data: Path,
+    out: Path,
+    layout: str = "auto",
+    splits: tuple[str, ...] = ("train", "val"),
+    workers: int | None = None,
+) -> dict[str, Any]:
+    if layout != "auto" and layout not in LAYOUTS:
+        raise InputError(f"--layout {layout!r}: expected auto, {', '.join(LAYOUTS)}")
+    lay = detect_layout(data) if layout == "auto" else layout
+    if lay == "rgb":
+        raise InputError(f"{data}: the rgb layout has no instance maps, nothing to do")
+    jobs, skipped = [], 0
+    for split in splits:
+        for s in find_samples(data, lay, split):
+            if s.instance is None:
+                continue
+            dst = boundary_path(out, split, s.stem)
+            if dst.exists() and dst.stat().st_mtime >= s.instance.stat().st_mtime:
+                skipped += 1
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((str(s.instance), str(dst)))
+    if not jobs and not skipped:
+        raise InputError(f"{data}: no instance maps found in splits {', '.join(splits)}")
+    start = time.perf_counter()
+    n_workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers) as pool:
+            for _ in tqdm(
+                pool.map(_one, jobs, chunksize=16), total=len(jobs), desc="boundaries", unit="img"
+            ):
+                pass
+    else:
+        for job in tqdm(jobs, desc="boundaries", unit="img"):
+            _one(job)
+    summary = {
+        "written": len(jobs),
+        "skipped_up_to_date": skipped,
+        "seconds": round(time.perf_counter() - start, 2),
+        "layout": lay,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "boundaries_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("boundaries: %d written, %d up to date", len(jobs), skipped)
+    return summary

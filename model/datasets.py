@@ -1,0 +1,206 @@
+"""Dataset layouts, pairing by stem, and the training dataset.
+
+Layouts:
+- ``cityscapes``: leftImg8bit/{split}/{city}/*_leftImg8bit.png with
+  gtFine/{split}/{city}/*_gtFine_labelIds.png and *_gtFine_instanceIds.png;
+- ``folder`` (the reference's): {split}_label/, {split}_inst/, {split}_img/;
+- ``rgb`` (label_nc 0): {split}_A/ (input photos) and {split}_B/ (targets).
+Files pair by stem (Cityscapes suffixes understood), never by sorted order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.errors import InputError
+from model.image_io import (
+    IMAGE_SUFFIXES,
+    read_instance,
+    read_label,
+    read_rgb,
+    sample_stem,
+)
+
+Layout = Literal["cityscapes", "folder", "rgb"]
+LAYOUTS: tuple[str, ...] = ("cityscapes", "folder", "rgb")
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    split: str
+    stem: str
+    label: Path | None
+    instance: Path | None
+    image: Path | None
+
+
+def detect_layout(root: Path) -> Layout:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such dataset directory")
+    if (root / "gtFine").is_dir() or (root / "leftImg8bit").is_dir():
+        return "cityscapes"
+    names = {p.name for p in root.iterdir() if p.is_dir()}
+    if any(n.endswith(("_label", "_img", "_inst")) for n in names):
+        return "folder"
+    if any(n.endswith(("_A", "_B")) for n in names):
+        return "rgb"
+    raise InputError(
+        f"{root}: cannot tell the dataset layout: expected gtFine/ + leftImg8bit/ (cityscapes), "
+        "train_label/ train_inst/ train_img/ (folder) or train_A/ train_B/ (rgb)"
+    )
+
+
+def _files(directory: Path, pattern: str = "*") -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _by_stem(paths: list[Path], role: str, problems: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in paths:
+        s = sample_stem(p)
+        if s in out:
+            problems.append(f"{p}: duplicate stem '{s}' (also {out[s]}) in {role} files")
+            continue
+        out[s] = p
+    return out
+
+
+def role_dirs(root: Path, layout: Layout, split: str) -> dict[str, tuple[Path, str]]:
+    """Directory and glob pattern for each role (label, instance, image) of a split."""
+    if layout == "cityscapes":
+        return {
+            "label": (root / "gtFine" / split, "*_gtFine_labelIds.png"),
+            "instance": (root / "gtFine" / split, "*_gtFine_instanceIds.png"),
+            "image": (root / "leftImg8bit" / split, "*_leftImg8bit.png"),
+        }
+    if layout == "folder":
+        return {
+            "label": (root / f"{split}_label", "*"),
+            "instance": (root / f"{split}_inst", "*"),
+            "image": (root / f"{split}_img", "*"),
+        }
+    return {"label": (root / f"{split}_A", "*"), "image": (root / f"{split}_B", "*")}
+
+
+def find_samples(
+    root: Path,
+    layout: Layout,
+    split: str,
+    use_instance_map: bool = True,
+    problems: list[str] | None = None,
+) -> list[SampleFiles]:
+    """Pair a split's files by stem. Incomplete samples are kept (with None) and reported
+    in ``problems`` when given, else raise."""
+    collect = problems if problems is not None else []
+    roles = role_dirs(Path(root), layout, split)
+    if layout == "rgb" or not use_instance_map:
+        roles.pop("instance", None)
+    by_role = {role: _by_stem(_files(d, pat), role, collect) for role, (d, pat) in roles.items()}
+    stems = sorted(set().union(*[set(v) for v in by_role.values()]))
+    samples = []
+    for stem in stems:
+        files = {role: by_role[role].get(stem) for role in by_role}
+        for role, path in files.items():
+            if path is None:
+                other = next(p for p in files.values() if p is not None)
+                collect.append(f"{other}: sample '{stem}' has no {role} file")
+        samples.append(
+            SampleFiles(split, stem, files.get("label"), files.get("instance"), files.get("image"))
+        )
+    if problems is None and collect:
+        raise InputError(collect[0])
+    return samples
+
+
+def load_sample(files: SampleFiles, label_nc: int) -> dict[str, np.ndarray]:
+    """Arrays of one sample: label (H, W) ids or (H, W, 3) RGB, instance, image."""
+    out: dict[str, np.ndarray] = {}
+    if files.label is not None:
+        out["label"] = read_label(files.label) if label_nc > 0 else read_rgb(files.label)
+    if files.instance is not None:
+        out["instance"] = read_instance(files.instance)
+    if files.image is not None:
+        out["image"] = read_rgb(files.image)
+    return out
+
+
+def resize_sample(arrays: dict[str, np.ndarray], width: int, height: int) -> dict[str, np.ndarray]:
+    """NEAREST for label and instance maps, BICUBIC for photos (and RGB labels)."""
+    out = {}
+    for key, arr in arrays.items():
+        if arr.shape[:2] == (height, width):
+            out[key] = arr
+            continue
+        if arr.ndim == 3:
+            out[key] = np.asarray(Image.fromarray(arr).resize((width, height), Image.BICUBIC))
+        else:
+            img = Image.fromarray(arr.astype(np.int32), mode="I")
+            out[key] = np.asarray(img.resize((width, height), Image.NEAREST)).astype(np.int64)
+    return out
+
+
+def crop_flip(
+    arrays: dict[str, np.ndarray],
+    crop: tuple[int, int] | None,
+    flip: bool,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The same random crop (h, w) and horizontal flip for every array of a sample."""
+    h, w = next(iter(arrays.values())).shape[:2]
+    y0 = x0 = 0
+    ch, cw = (h, w) if crop is None else crop
+    if crop is not None:
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    do_flip = flip and rng.random() < 0.5
+    out = {}
+    for key, arr in arrays.items():
+        a = arr[y0 : y0 + ch, x0 : x0 + cw]
+        out[key] = np.ascontiguousarray(a[:, ::-1] if do_flip else a)
+    return out
+
+
+def to_tensors(arrays: dict[str, np.ndarray], label_nc: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, arr in arrays.items():
+        if key == "image" or (key == "label" and label_nc == 0):
+            out[key] = torch.from_numpy(np.array(arr, np.float32)).permute(2, 0, 1) / 127.5 - 1
+        else:
+            out[key] = torch.from_numpy(np.array(arr, np.int64)).unsqueeze(0)
+    return out
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Training/eval dataset: resize to (width, height), then crop and flip identically."""
+
+    def __init__(
+        self,
+        samples: list[SampleFiles],
+        label_nc: int,
+        width: int,
+        height: int,
+        crop: tuple[int, int] | None = None,
+        flip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.samples, self.label_nc = samples, label_nc
+        self.width, self.height, self.crop, self.flip, self.seed = width, height, crop, flip, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        files = self.samples[index]
+        arrays = resize_sample(load_sample(files, self.label_nc), self.width, self.height)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        arrays = crop_flip(arrays, self.crop, self.flip, rng)
+        return to_tensors(arrays, self.label_nc)
