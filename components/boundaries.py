@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.datasets import LAYOUTS, detect_layout, find_samples
+from model.datasets import LAYOUTS, boundary_file, detect_layout, find_samples
 from model.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-def boundary_path(out: Path, split: str, stem: str) -> Path:
-    return out / split / f"{stem}_boundary.png"
 
 
 def boundary_array(instance: np.ndarray) -> np.ndarray:
@@ -66,7 +62,7 @@ def run(
         for s in find_samples(data, lay, split):
             if s.instance is None:
                 continue
-            dst = boundary_path(out, split, s.stem)
+            dst = boundary_file(out, split, s.stem)
             if dst.exists() and dst.stat().st_mtime >= s.instance.stat().st_mtime:
                 skipped += 1
                 continue

@@ -171,15 +171,27 @@ def crop_flip(
 def to_tensors(arrays: dict[str, np.ndarray], label_nc: int) -> dict[str, torch.Tensor]:
     out = {}
     for key, arr in arrays.items():
-        if key == "image" or (key == "label" and label_nc == 0):
+        if key == "boundary":
+            out[key] = torch.from_numpy(np.array(arr > 0, np.float32)).unsqueeze(0)
+        elif key == "image" or (key == "label" and label_nc == 0):
             out[key] = torch.from_numpy(np.array(arr, np.float32)).permute(2, 0, 1) / 127.5 - 1
         else:
             out[key] = torch.from_numpy(np.array(arr, np.int64)).unsqueeze(0)
     return out
 
 
+def boundary_file(boundaries: Path, split: str, stem: str) -> Path:
+    """Where the `boundaries` step writes a sample's precomputed boundary map."""
+    return Path(boundaries) / split / f"{stem}_boundary.png"
+
+
 class PairedDataset(torch.utils.data.Dataset):
-    """Training/eval dataset: resize to (width, height), then crop and flip identically."""
+    """Training/eval dataset: resize to (width, height), then crop and flip identically.
+
+    With ``boundaries`` (the `boundaries` step's output directory), a precomputed
+    boundary map is used when present and the sample needs no resizing (a boundary
+    map cannot be resized; otherwise the model computes it from the instance map).
+    """
 
     def __init__(
         self,
@@ -190,8 +202,9 @@ class PairedDataset(torch.utils.data.Dataset):
         crop: tuple[int, int] | None = None,
         flip: bool = False,
         seed: int = 0,
+        boundaries: Path | None = None,
     ) -> None:
-        self.samples, self.label_nc = samples, label_nc
+        self.samples, self.label_nc, self.boundaries = samples, label_nc, boundaries
         self.width, self.height, self.crop, self.flip, self.seed = width, height, crop, flip, seed
         self.epoch = 0
 
@@ -200,7 +213,12 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         files = self.samples[index]
-        arrays = resize_sample(load_sample(files, self.label_nc), self.width, self.height)
+        arrays = load_sample(files, self.label_nc)
+        if self.boundaries is not None and "instance" in arrays:
+            path = boundary_file(self.boundaries, files.split, files.stem)
+            if path.is_file() and arrays["instance"].shape == (self.height, self.width):
+                arrays["boundary"] = read_label(path)
+        arrays = resize_sample(arrays, self.width, self.height)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         arrays = crop_flip(arrays, self.crop, self.flip, rng)
         return to_tensors(arrays, self.label_nc)

@@ -63,14 +63,20 @@ def encode_label(
     instance: torch.Tensor | None,
     label_nc: int,
     use_instance_map: bool,
+    boundary: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Label (ids, or an RGB image in [-1, 1] when label_nc == 0) + boundary map."""
+    """Label (ids, or an RGB image in [-1, 1] when label_nc == 0) + boundary map.
+
+    ``boundary``: a precomputed (N, 1, H, W) boundary map, used instead of computing it.
+    """
     if label_nc > 0:
         encoded = one_hot(label, label_nc)
     else:
         encoded = label.to(torch.float32)
     if use_instance_map:
-        if instance is None:
-            raise InputError("this model uses instance maps but no instance map was given")
-        encoded = torch.cat([encoded, boundary_map(instance).to(encoded.device)], dim=1)
+        if boundary is None:
+            if instance is None:
+                raise InputError("this model uses instance maps but no instance map was given")
+            boundary = boundary_map(instance)
+        encoded = torch.cat([encoded, boundary.to(encoded.device, torch.float32)], dim=1)
     return encoded

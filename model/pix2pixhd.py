@@ -85,8 +85,13 @@ class Pix2PixHD(nn.Module):
                     f"size {tuple(label.shape[-2:])}"
                 )
 
-    def encode_label(self, label: torch.Tensor, instance: torch.Tensor | None) -> torch.Tensor:
-        return encode_label(label, instance, self.cfg.label_nc, self.cfg.use_instance_map)
+    def encode_label(
+        self,
+        label: torch.Tensor,
+        instance: torch.Tensor | None,
+        boundary: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return encode_label(label, instance, self.cfg.label_nc, self.cfg.use_instance_map, boundary)
 
     def encode_features(self, image: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
         if self.netE is None:
@@ -119,14 +124,16 @@ class Pix2PixHD(nn.Module):
         instance: torch.Tensor | None,
         image: torch.Tensor,
         features: torch.Tensor | None = None,
+        boundary: torch.Tensor | None = None,
     ) -> StepLosses:
         """One forward pass of G, then D on (label, fake.detach()), (label, real) for the
-        D losses and on (label, fake) for the G losses."""
+        D losses and on (label, fake) for the G losses. ``boundary``: precomputed
+        boundary maps (from the `boundaries` step), else computed from ``instance``."""
         if self.netD is None:
             raise ConfigError("model was built without a discriminator (inference only)")
         self.check_inputs(label, instance)
         cfg = self.cfg
-        encoded = self.encode_label(label, instance)
+        encoded = self.encode_label(label, instance, boundary)
         fake = self.netG(self._generator_input(encoded, instance, image, features))
 
         pred_fake_detached = self.netD(torch.cat([encoded, fake.detach()], dim=1))

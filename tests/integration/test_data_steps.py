@@ -233,3 +233,19 @@ def test_cli_failure_has_no_traceback(dataset, tmp_path):
         json.loads((tmp_path / "r" / "great_expectations_result.json").read_text())["success"]
         is False
     )
+
+
+def test_training_loader_uses_precomputed_boundaries(dataset, tmp_path):
+    import torch
+
+    from model.encoding import boundary_map
+
+    boundaries.run(dataset, tmp_path / "b", workers=1)
+    samples = find_samples(dataset, "cityscapes", "train")
+    ds = PairedDataset(samples, 35, 64, 32, flip=True, seed=5, boundaries=tmp_path / "b")
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.equal(item["boundary"], boundary_map(item["instance"][None])[0])
+    # a sample that must be resized falls back to computing the map
+    resized = PairedDataset(samples, 35, 32, 16, boundaries=tmp_path / "b")[0]
+    assert "boundary" not in resized

@@ -116,3 +116,19 @@ def test_vgg_weights_of_the_wrong_kind(tmp_path):
     save_checkpoint(tmp_path / "x.pth", {"config": {}})  # our own format is not VGG either
     with pytest.raises(CheckpointError):
         load_vgg19_state_dict(tmp_path / "x.pth")
+
+
+def test_precomputed_boundary_gives_the_same_losses():
+    from model.encoding import boundary_map
+
+    model = Pix2PixHD(tiny_config())
+    label = torch.randint(0, 6, (1, 1, 32, 64))
+    inst = label * 1000 + torch.randint(0, 2, (1, 1, 32, 64))
+    image = torch.rand(1, 3, 32, 64) * 2 - 1
+    torch.manual_seed(0)
+    a = model.compute_losses(label, inst, image)
+    b = model.compute_losses(label, inst, image, boundary=boundary_map(inst))
+    for key in a.generator:
+        torch.testing.assert_close(a.generator[key], b.generator[key])
+    c = model.compute_losses(label, inst, image, boundary=torch.zeros(1, 1, 32, 64))
+    assert not torch.equal(a.fake, c.fake)
