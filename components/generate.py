@@ -76,6 +76,15 @@ def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(x.to(torch.float64), (0, pw, 0, ph), mode="replicate").to(x.dtype)
 
 
+def _same_size(t: torch.Tensor, path: Path, label: torch.Tensor, label_path: Path) -> torch.Tensor:
+    if t.shape[-2:] != label.shape[-2:]:
+        raise InputError(
+            f"{path}: size {tuple(t.shape[-2:])} differs from its label map "
+            f"{label_path} {tuple(label.shape[-2:])}"
+        )
+    return t
+
+
 def _load(sample: Sample, label_nc: int) -> dict[str, torch.Tensor]:
     if label_nc > 0:
         label = label_to_tensor(read_label(sample.label))
@@ -83,21 +92,13 @@ def _load(sample: Sample, label_nc: int) -> dict[str, torch.Tensor]:
         label = rgb_to_tensor(read_rgb(sample.label))
     out = {"label": label}
     if sample.instance is not None:
-        inst = label_to_tensor(read_instance(sample.instance))
-        if inst.shape[-2:] != label.shape[-2:]:
-            raise InputError(
-                f"{sample.instance}: size {tuple(inst.shape[-2:])} differs from its label map "
-                f"{sample.label} {tuple(label.shape[-2:])}"
-            )
-        out["instance"] = inst
+        out["instance"] = _same_size(
+            label_to_tensor(read_instance(sample.instance)), sample.instance, label, sample.label
+        )
     if sample.image is not None:
-        img = rgb_to_tensor(read_rgb(sample.image))
-        if img.shape[-2:] != label.shape[-2:]:
-            raise InputError(
-                f"{sample.image}: size {tuple(img.shape[-2:])} differs from its label map "
-                f"{sample.label} {tuple(label.shape[-2:])}"
-            )
-        out["image"] = img
+        out["image"] = _same_size(
+            rgb_to_tensor(read_rgb(sample.image)), sample.image, label, sample.label
+        )
     return out
 
 

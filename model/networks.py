@@ -205,27 +205,8 @@ class Encoder(nn.Module):
         norm: NormType = "instance",
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(input_nc, ngf, kernel_size=7),
-            norm_layer(norm, ngf),
-            nn.ReLU(True),
-        ]
-        for i in range(n_downsample):
-            c = ngf * 2**i
-            layers += [
-                nn.Conv2d(c, 2 * c, kernel_size=3, stride=2, padding=1),
-                norm_layer(norm, 2 * c),
-                nn.ReLU(True),
-            ]
-        for i in range(n_downsample):
-            c = ngf * 2 ** (n_downsample - i)
-            layers += [
-                nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1),
-                norm_layer(norm, c // 2),
-                nn.ReLU(True),
-            ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7), nn.Tanh()]
+        # The reference's encoder is the global generator's layout without residual blocks.
+        layers = _global_layers(input_nc, output_nc, ngf, n_downsample, 0, norm)
         self.model = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:

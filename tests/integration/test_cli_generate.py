@@ -115,23 +115,15 @@ def test_errors_exit_nonzero_without_traceback(workspace, tmp_path):
     assert not (tmp_path / "x.pth").exists()
 
 
+def _import(root, ckpt):
+    args = ["import-checkpoint", "--generator", str(root / "latest_net_G.pth")]
+    assert main([*args, "--label-nc", str(CFG.label_nc), "--out", str(ckpt)]) == 0
+
+
 def test_bad_label_id_in_file(workspace, tmp_path, capsys):
     root, _, _ = workspace
     ckpt = tmp_path / "model.pth"
-    assert (
-        main(
-            [
-                "import-checkpoint",
-                "--generator",
-                str(root / "latest_net_G.pth"),
-                "--label-nc",
-                str(CFG.label_nc),
-                "--out",
-                str(ckpt),
-            ]
-        )
-        == 0
-    )
+    _import(root, ckpt)
     labels = tmp_path / "labels"
     labels.mkdir()
     lab = np.zeros((32, 64), np.uint8)
@@ -157,17 +149,7 @@ def test_bad_label_id_in_file(workspace, tmp_path, capsys):
 def test_missing_instance_map_is_named(workspace, tmp_path, capsys):
     root, _, _ = workspace
     ckpt = tmp_path / "model.pth"
-    main(
-        [
-            "import-checkpoint",
-            "--generator",
-            str(root / "latest_net_G.pth"),
-            "--label-nc",
-            str(CFG.label_nc),
-            "--out",
-            str(ckpt),
-        ]
-    )
+    _import(root, ckpt)
     empty = tmp_path / "no_insts"
     empty.mkdir()
     code = main(
