@@ -44,6 +44,59 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
     )
 
 
+def _params(args: argparse.Namespace):
+    from components.params import load_params
+
+    return load_params(args.params, args.set or [])
+
+
+def _cmd_train(args: argparse.Namespace) -> dict:
+    from components import train
+
+    return train.run(
+        params=_params(args),
+        stage=args.stage,
+        data=args.data,
+        out=args.out,
+        init_checkpoint=args.init,
+        resume=args.resume,
+        boundaries=args.boundaries,
+        data_summary=args.data_summary,
+        tracking=not args.no_tracking,
+        tracking_uri=args.tracking_uri,
+        orchestrator=args.orchestrator,
+        device=args.device,
+    )
+
+
+def _cmd_features(args: argparse.Namespace) -> dict:
+    from components import features
+
+    params = _params(args)
+    return features.run(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        out=args.out,
+        cfg=params.features,
+        layout=params.data.layout,
+    )
+
+
+def _add_params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="params.yaml (default: the built-in paper defaults)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one value, e.g. --set train_global.niter=10 (repeatable)",
+    )
+
+
 def _cmd_synth(args: argparse.Namespace) -> dict:
     from components import synth
 
@@ -144,6 +197,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "train",
+        help="train one stage (global, then local)",
+        description="Train the global generator (stage global, at 1/2**n_local_enhancers of "
+        "the data size) or the local generator initialised from it (stage local). Under "
+        "torchrun it trains data-parallel.",
+    )
+    p.add_argument("--stage", choices=["global", "local"], required=True)
+    _add_params_args(p)
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="output directory (latest.pth ...)")
+    p.add_argument("--init", type=Path, help="global stage checkpoint (stage local)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/latest.pth")
+    p.add_argument("--boundaries", type=Path, help="precomputed boundary maps (optional)")
+    p.add_argument("--data-summary", type=Path, help="validate's summary.json (dataset hash)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the working directory)",
+    )
+    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "features",
+        help="cluster instance features into the checkpoint",
+        description="Encode every training instance with E, cluster per class (k-means) and "
+        "write OUT/model.pth with the cluster centres.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_features)
 
     data = sub.add_parser("data", help="dataset tools (synth)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from model.checkpoint import build_model, load_checkpoint
 from model.errors import InputError
+from model.features import features_from_clusters
 from model.image_io import (
     index_by_stem,
     label_to_tensor,
@@ -111,7 +112,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def generate_batch(
-    model: Pix2PixHD, batch: list[dict[str, torch.Tensor]], device: torch.device
+    model: Pix2PixHD,
+    batch: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    centres: dict[int, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
     """Generate one batch of same-size samples at their native size."""
     h, w = batch[0]["label"].shape[-2:]
@@ -124,9 +129,14 @@ def generate_batch(
         return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(device)
 
     label, inst, image = stack("label"), stack("instance"), stack("image")
+    features = None
+    if model.cfg.use_instance_features and image is None:
+        features = features_from_clusters(
+            inst.cpu(), centres or {}, model.cfg.encoder.feat_num, generator
+        ).to(device)
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
     with autocast:
-        fake = model.generate(label, inst, image=image)
+        fake = model.generate(label, inst, image=image, features=features)
     return [f[:, :h, :w].float() for f in fake]
 
 
@@ -138,15 +148,17 @@ def run(
     images: Path | None = None,
     batch_size: int = 4,
     device: str = "auto",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Generate one PNG per label map into ``out``; returns and writes a summary."""
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     cfg = model.cfg
-    if cfg.use_instance_features and images is None:
+    centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
+    if cfg.use_instance_features and images is None and not centres:
         raise InputError(
             "this model uses instance features: pass --images DIR with the photos to encode "
-            "them from"
+            "them from, or run `pix2pixhd features` to add cluster centres to the checkpoint"
         )
     samples = pair_inputs(
         labels,
@@ -157,11 +169,12 @@ def run(
     dev = resolve_device(device)
     model.to(dev)
     out.mkdir(parents=True, exist_ok=True)
+    rng = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     pending: list[tuple[Sample, dict[str, torch.Tensor]]] = []
 
     def flush() -> None:
-        fakes = generate_batch(model, [t for _, t in pending], dev)
+        fakes = generate_batch(model, [t for _, t in pending], dev, centres, rng)
         for (sample, _), fake in zip(pending, fakes, strict=True):
             write_png(out / f"{sample.stem}.png", tensor_to_rgb(fake))
         pending.clear()

@@ -342,3 +342,35 @@ def import_official(
         "discriminator": str(discriminator) if discriminator else None,
     }
     return payload
+
+
+def init_local_from_global(model: Pix2PixHD, global_ckpt: Mapping[str, Any]) -> dict[str, int]:
+    """Initialise a local-stage model from a global-stage checkpoint.
+
+    G: every shared ``model.*`` tensor (the global generator minus its output layers);
+    E: all of it; D: the global stage's scales keep their absolute resolutions (scale i of
+    the global D is scale i of the local D), the new finer scales start fresh.
+    Returns how many tensors were copied per network.
+    """
+    copied = {"G": 0, "D": 0, "E": 0}
+    nets = (("G", model.netG), ("D", model.netD), ("E", model.netE))
+    for key, net in nets:
+        source = global_ckpt.get(key)
+        if net is None or source is None:
+            continue
+        own = net.state_dict()
+        shared = {}
+        for name, tensor in source.items():
+            if name in own:
+                if tuple(own[name].shape) != tuple(tensor.shape):
+                    raise CheckpointError(
+                        f"global checkpoint {key}.{name} has shape {tuple(tensor.shape)}, the "
+                        f"local model expects {tuple(own[name].shape)}: were both stages "
+                        "configured from the same params?"
+                    )
+                shared[name] = tensor
+        if key == "G" and not any(n.startswith("model.") for n in shared):
+            raise CheckpointError("global checkpoint shares no weights with the local generator")
+        net.load_state_dict(shared, strict=False)
+        copied[key] = len(shared)
+    return copied

@@ -153,23 +153,35 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict. Unknown keys are an error naming the key."""
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict. Unknown keys are an error naming the key.
+
+    Keys not given keep the value of ``base`` (an instance of ``cls``), else the field's
+    default: a nested section given in part keeps its parent's defaults for the rest.
+    """
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
         annotation = hints[name]
         key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(annotation):
-            kwargs[name] = from_dict(annotation, value, key)
+            if base is not None:
+                nested_base = getattr(base, name)
+            elif fields[name].default_factory is not dataclasses.MISSING:
+                nested_base = fields[name].default_factory()
+            else:
+                nested_base = None
+            kwargs[name] = from_dict(annotation, value, key, nested_base)
         else:
             kwargs[name] = _check_scalar(value, annotation, key)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     return cls(**kwargs)

@@ -3,7 +3,8 @@ forward pass, and generates images under ``torch.inference_mode()``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,18 @@ from model.encoding import check_label_range, check_size, encode_label
 from model.errors import ConfigError, InputError
 from model.losses import GANLoss, VGGLoss, feature_matching_loss
 from model.networks import build_discriminator, build_encoder, build_generator
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 @dataclass
@@ -138,7 +151,10 @@ class Pix2PixHD(nn.Module):
 
         pred_fake_detached = self.netD(torch.cat([encoded, fake.detach()], dim=1))
         pred_real = self.netD(torch.cat([encoded, image], dim=1))
-        pred_fake = self.netD(torch.cat([encoded, fake], dim=1))
+        # G's adversarial term needs gradients w.r.t. the fake image only: freezing D's
+        # weights for this pass skips their (discarded) weight gradients in G's backward.
+        with _frozen(self.netD):
+            pred_fake = self.netD(torch.cat([encoded, fake], dim=1))
 
         d_losses = {
             "D_real": self.criterion_gan(pred_real, True, for_discriminator=True),

@@ -1,0 +1,82 @@
+"""Step `features`: encode every training instance with the trained E and cluster the
+features per class (k-means); the centres go into a copy of the checkpoint, for
+generation and editing without a reference photo."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import build_model, load_checkpoint, save_checkpoint
+from model.datasets import PairedDataset, detect_layout, find_samples
+from model.errors import InputError
+from model.features import FeatureConfig, cluster_features, instance_features
+from model.labels import LABELS
+
+log = logging.getLogger(__name__)
+_NAMES = {lab.id: lab.name for lab in LABELS}
+
+
+def run(
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    cfg: FeatureConfig | None = None,
+    layout: str = "auto",
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    cfg = cfg or FeatureConfig()
+    ckpt = load_checkpoint(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "model.pth"
+    model = build_model(ckpt).eval()
+    if model.netE is None:
+        save_checkpoint(
+            target, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")}
+        )
+        summary = {
+            "skipped": "the model has no instance feature encoder",
+            "checkpoint": str(target),
+        }
+        (out / "features_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+    width, height = ckpt.get("image_size") or (None, None)
+    lay = detect_layout(data) if layout == "auto" else layout
+    samples = find_samples(data, lay, "train")
+    if not samples:
+        raise InputError(f"{data}: no training samples")
+    if width is None:
+        raise InputError(
+            f"{checkpoint}: the checkpoint does not record its training size; "
+            "it was not written by `pix2pixhd train`"
+        )
+    ds = PairedDataset(samples, model.cfg.label_nc, int(width), int(height))
+    encoded = []
+    for start in tqdm(range(0, len(ds), batch_size), desc="encode instances", unit="batch"):
+        items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+        image = torch.stack([it["image"] for it in items])
+        inst = torch.stack([it["instance"] for it in items])
+        encoded += instance_features(model, image, inst)
+    centres = cluster_features(encoded, cfg)
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "format_version")}
+    payload["cluster_centers"] = {int(c): torch.from_numpy(v) for c, v in centres.items()}
+    payload["feature_config"] = {
+        "n_clusters": cfg.n_clusters,
+        "min_area": cfg.min_area,
+        "seed": cfg.seed,
+    }
+    save_checkpoint(target, payload)
+    summary = {
+        "checkpoint": str(target),
+        "instances_encoded": len(encoded),
+        "instances_clustered": sum(1 for _, a, _ in encoded if a > cfg.min_area),
+        "classes": {_NAMES.get(c, str(c)): int(v.shape[0]) for c, v in centres.items()},
+    }
+    (out / "features_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("clustered %d classes into %s", len(centres), target)
+    return summary

@@ -1,0 +1,146 @@
+"""The pipeline's parameters: frozen dataclasses are the schema, params.yaml holds the
+values, ``--set section.key=value`` overrides them. Unknown keys are errors naming the key.
+
+Dataclass defaults are the paper's two-stage Cityscapes recipe; params.yaml holds the
+small CPU demo configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.config import (
+    DiscriminatorConfig,
+    EncoderConfig,
+    GeneratorConfig,
+    LossConfig,
+    ModelConfig,
+    from_dict,
+)
+from model.errors import ConfigError
+from model.features import FeatureConfig
+from model.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class DataParams:
+    num_train: int = 200
+    num_val: int = 40
+    width: int = 2048  # final (local stage) training size; the global stage uses half
+    height: int = 1024
+    seed: int = 0
+    layout: str = "cityscapes"
+    label_nc: int = 35
+    use_instance_map: bool = True
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The final generator (paper: local, ngf 32, whose global part has ngf 64) and the
+    final discriminator (paper 1024p: 3 scales). The global stage uses the global part
+    and num_D - n_local_enhancers scales."""
+
+    use_instance_features: bool = False
+    generator: GeneratorConfig = field(
+        default_factory=lambda: GeneratorConfig(ngf=32, n_local_enhancers=1)
+    )
+    discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(num_D=3))
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "pix2pixhd"
+    vgg_weights: str = ""  # torchvision vgg19-dcbb9e9d.pth (needed when loss.use_vgg_loss)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train_global: TrainConfig = field(default_factory=TrainConfig)
+    train_local: TrainConfig = field(
+        default_factory=lambda: TrainConfig(niter=50, niter_decay=50, niter_fix_global=10)
+    )
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+
+def _set(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def load_params(path: Path | None = None, overrides: Sequence[str] = ()) -> Params:
+    """Params from a YAML file (only the sections it names) plus overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such params file")
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+    for assignment in overrides:
+        _set(tree, assignment)
+    return from_dict(Params, tree)
+
+
+def stage_model_config(params: Params, stage: str) -> ModelConfig:
+    """The model of a training stage, channel counts derived from the data section."""
+    m, d = params.model, params.data
+    g, disc = m.generator, m.discriminator
+    if stage == "global" and g.n_local_enhancers > 0:
+        g = dataclasses.replace(g, ngf=g.ngf * 2**g.n_local_enhancers, n_local_enhancers=0)
+        n_local = m.generator.n_local_enhancers
+        disc = dataclasses.replace(disc, num_D=max(1, disc.num_D - n_local))
+    return ModelConfig(
+        label_nc=d.label_nc,
+        use_instance_map=d.use_instance_map,
+        use_instance_features=m.use_instance_features,
+        generator=g,
+        discriminator=disc,
+        encoder=m.encoder,
+        loss=m.loss,
+    )
+
+
+def stage_size(params: Params, stage: str) -> tuple[int, int]:
+    """(width, height) of a stage: the global stage trains at 1 / 2**n_local_enhancers."""
+    scale = 2**params.model.generator.n_local_enhancers if stage == "global" else 1
+    w, h = params.data.width // scale, params.data.height // scale
+    return w, h
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclass/dict -> {"a.b.c": value} (for MLflow params)."""
+    tree = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,235 @@
+"""Step `train`: one stage of pix2pixHD training (global, then local), tracked in MLflow.
+
+Writes into ``out``: ``latest.pth`` (the checkpoint: weights, optimisers, scaler, RNG,
+counters), ``losses.csv`` (for DVC plots), ``metrics.json``, ``samples.png``.
+Under ``torchrun`` it trains data-parallel (NCCL on GPU, gloo on CPU); rank 0 logs and
+writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from components.params import Params, flatten, stage_model_config, stage_size
+from components.tracking import Tracker, git_sha, orchestrator_tag
+from model.checkpoint import (
+    CheckpointError,
+    config_of,
+    init_local_from_global,
+    load_checkpoint,
+    load_vgg19_state_dict,
+)
+from model.config import to_dict
+from model.datasets import PairedDataset, detect_layout, find_samples
+from model.encoding import check_size
+from model.errors import ConfigError, InputError
+from model.image_io import write_png
+from model.pix2pixhd import Pix2PixHD
+from model.training import DistInfo, Trainer, TrainHooks
+from model.visualize import sample_grid
+
+log = logging.getLogger(__name__)
+
+LOSS_COLUMNS = [
+    "step",
+    "epoch",
+    "lr",
+    "G_GAN",
+    "G_GAN_Feat",
+    "G_VGG",
+    "D_real",
+    "D_fake",
+    "G_total",
+    "D_total",
+]
+
+
+class PipelineHooks(TrainHooks):
+    """Losses to MLflow and to ``losses.csv``; sample grids to MLflow."""
+
+    def __init__(self, tracker: Tracker, csv_path: Path, label_nc: int) -> None:
+        self.tracker, self.csv_path, self.label_nc = tracker, csv_path, label_nc
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, forget rows the interrupted run wrote after its last checkpoint."""
+        if not self.csv_path.exists():
+            return
+        with self.csv_path.open() as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+        self._write(rows, "w")
+
+    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
+        new = mode == "w" or not self.csv_path.exists()
+        with self.csv_path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, LOSS_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._write([{"step": step, **metrics}], "a")
+        self.tracker.log_metrics(metrics, step)
+
+    def log_samples(self, batch: dict[str, torch.Tensor], fake: torch.Tensor, step: int) -> None:
+        grid = sample_grid(batch["label"], fake, batch["image"], self.label_nc)
+        self.tracker.log_image(grid, f"samples/step_{step:08d}.png")
+
+
+def _dist_from_env(device: str) -> tuple[DistInfo, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank = dist.get_rank()
+        if use_cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return DistInfo(rank, world), torch.device("cuda", local)
+        return DistInfo(rank, world), torch.device("cpu")
+    if device == "auto":
+        return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return DistInfo(), torch.device(device)
+
+
+def _final_samples(
+    model: Pix2PixHD, dataset: PairedDataset, device: torch.device, n: int = 4
+) -> np.ndarray:
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+    model.eval()
+    fake = model.generate(batch["label"], batch.get("instance"), image=batch["image"])
+    return sample_grid(batch["label"], fake, batch["image"], model.cfg.label_nc, max_rows=n)
+
+
+def run(
+    params: Params,
+    stage: str,
+    data: Path,
+    out: Path,
+    init_checkpoint: Path | None = None,
+    resume: bool = False,
+    boundaries: Path | None = None,
+    data_summary: Path | None = None,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    if stage not in ("global", "local"):
+        raise ConfigError(f"--stage {stage!r}: expected global or local")
+    tcfg = params.train_global if stage == "global" else params.train_local
+    cfg = stage_model_config(params, stage)
+    width, height = stage_size(params, stage)
+    check_size(height, width, cfg.generator.size_multiple)
+    dinfo, dev = _dist_from_env(device)
+
+    vgg = None
+    if cfg.loss.use_vgg_loss:
+        if not params.tracking.vgg_weights:
+            raise ConfigError(
+                "model.loss.use_vgg_loss is on but tracking.vgg_weights is empty: download "
+                "torchvision's vgg19-dcbb9e9d.pth once and set "
+                "--set tracking.vgg_weights=/path/vgg19-dcbb9e9d.pth, or turn the loss off "
+                "with --set model.loss.use_vgg_loss=false"
+            )
+        vgg = load_vgg19_state_dict(params.tracking.vgg_weights)
+
+    torch.manual_seed(tcfg.seed)
+    model = Pix2PixHD(cfg, with_discriminator=True, vgg_state_dict=vgg)
+    layout = detect_layout(data) if params.data.layout == "auto" else params.data.layout
+    samples = find_samples(data, layout, "train", cfg.use_instance_map and layout != "rgb")
+    if not samples:
+        raise InputError(f"{data}: no training samples (layout {layout})")
+    dataset = PairedDataset(
+        samples, cfg.label_nc, width, height, flip=tcfg.flip, seed=tcfg.seed, boundaries=boundaries
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    latest = out / "latest.pth"
+    dataset_hash = ""
+    if data_summary is not None and Path(data_summary).is_file():
+        dataset_hash = json.loads(Path(data_summary).read_text()).get("dataset_hash", "")
+
+    extra = {"image_size": [width, height], "dataset_hash": dataset_hash}
+    trainer = Trainer(
+        model, dataset, tcfg, out, dev, stage=stage, dist_info=dinfo, extra_payload=extra
+    )
+    if resume and latest.exists():
+        ckpt = load_checkpoint(latest)
+        if config_of(ckpt) != cfg or ckpt.get("stage") != stage:
+            raise CheckpointError(
+                f"{latest}: cannot resume: it was trained with another configuration or "
+                "stage; use a new --out directory or the same params"
+            )
+        model.netG.load_state_dict(ckpt["G"])
+        model.netD.load_state_dict(ckpt["D"])
+        if model.netE is not None:
+            model.netE.load_state_dict(ckpt["E"])
+        trainer.load_training_state(ckpt)
+        log.info(
+            "resuming %s at epoch %d, iteration %d",
+            latest,
+            trainer.state.epoch + 1,
+            trainer.state.global_step,
+        )
+    elif stage == "local":
+        if init_checkpoint is None:
+            raise InputError(
+                "--stage local needs --init CHECKPOINT (the global stage's latest.pth), or --resume"
+            )
+        copied = init_local_from_global(model, load_checkpoint(init_checkpoint))
+        log.info("initialised from %s: %s tensors copied", init_checkpoint, copied)
+    elif resume:
+        log.info("--resume: no checkpoint in %s yet, starting fresh", out)
+
+    tracker = Tracker(enabled=tracking and dinfo.is_main, tracking_uri=tracking_uri)
+    hooks = PipelineHooks(tracker, out / "losses.csv", cfg.label_nc)
+    if dinfo.is_main:
+        hooks.truncate_after(trainer.state.global_step)
+    trainer.hooks = hooks
+    tags = {
+        "stage": stage,
+        "git_sha": git_sha(),
+        "dataset_hash": dataset_hash,
+        "orchestrator": orchestrator_tag(orchestrator),
+        "world_size": str(dinfo.world_size),
+    }
+    tracker.start(params.tracking.experiment, f"train_{stage}", tags)
+    tracker.log_params(
+        {
+            **flatten(to_dict(cfg), "model."),
+            **flatten(tcfg, "train."),
+            "train.width": width,
+            "train.height": height,
+        }
+    )
+    status = "FAILED"
+    try:
+        summary = trainer.fit()
+        if dinfo.is_main:
+            grid = _final_samples(model, dataset, dev)
+            write_png(out / "samples.png", grid)
+            summary.update(
+                checkpoint=str(latest), image_size=[width, height], mlflow_run_id=tracker.run_id
+            )
+            (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            tracker.log_image(grid, "samples/final.png")
+            tracker.log_artifact(latest, "checkpoint")
+            tracker.log_artifact(out / "metrics.json")
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+        if dinfo.enabled:
+            dist.destroy_process_group()
+    return summary
