@@ -23,7 +23,7 @@ from model.features import features_from_clusters
 from model.image_io import (
     index_by_stem,
     label_to_tensor,
-    list_images,
+    list_role,
     read_instance,
     read_label,
     read_rgb,
@@ -48,11 +48,11 @@ def pair_inputs(
     labels: Path, instances: Path | None, images: Path | None, need_instances: bool
 ) -> list[Sample]:
     """Pair files by stem. Every label needs its instance map (and photo, when given)."""
-    label_files = index_by_stem(list_images(labels), "label")
+    label_files = index_by_stem(list_role(labels, "label"), "label")
     if not label_files:
         raise InputError(f"{labels}: no label images found")
-    inst_files = index_by_stem(list_images(instances), "instance") if instances else {}
-    image_files = index_by_stem(list_images(images), "image") if images else {}
+    inst_files = index_by_stem(list_role(instances, "instance"), "instance") if instances else {}
+    image_files = index_by_stem(list_role(images, "image"), "image") if images else {}
     if need_instances and instances is None:
         raise InputError("this model uses instance maps: pass --instances DIR")
     samples = []

@@ -45,6 +45,22 @@ def list_images(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+_CITYSCAPES_ROLE_SUFFIX = {
+    "label": "_labelIds",
+    "instance": "_instanceIds",
+    "image": "_leftImg8bit",
+}
+
+
+def list_role(directory: str | Path, role: str) -> list[Path]:
+    """Images of one role under ``directory``. Where Cityscapes names are present (labels
+    and instance maps share gtFine/), only the files of this role are kept."""
+    files = list_images(directory)
+    suffix = _CITYSCAPES_ROLE_SUFFIX[role]
+    tagged = [p for p in files if p.stem.endswith(suffix)]
+    return tagged or files
+
+
 def index_by_stem(paths: list[Path], what: str) -> dict[str, Path]:
     """Map stem -> path; two files with one stem is an error naming both."""
     out: dict[str, Path] = {}
