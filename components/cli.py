@@ -113,14 +113,16 @@ def _cmd_synth(args: argparse.Namespace) -> dict:
 
 def _cmd_validate(args: argparse.Namespace) -> dict:
     from components import validate
+    from components.params import stage_model_config
 
+    cfg = stage_model_config(_params(args), "local")
     return validate.run(
         data=args.data,
         out=args.out,
         layout=args.layout,
-        label_nc=args.label_nc,
-        use_instance_map=not args.no_instance_map,
-        size_multiple=args.size_multiple,
+        label_nc=args.label_nc if args.label_nc is not None else cfg.label_nc,
+        use_instance_map=cfg.use_instance_map and not args.no_instance_map,
+        size_multiple=args.size_multiple or cfg.generator.size_multiple,
     )
 
 
@@ -258,14 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--layout", choices=layouts, default="auto")
-    p.add_argument("--label-nc", type=int, default=35)
+    p.add_argument("--label-nc", type=int, default=None, help="default: data.label_nc")
     p.add_argument("--no-instance-map", action="store_true")
     p.add_argument(
         "--size-multiple",
         type=_positive_int,
-        default=16,
-        help="the model's size multiple, 2**(n_downsample_global + n_local_enhancers)",
+        default=None,
+        help="default: the configured model's, 2**(n_downsample_global + n_local_enhancers)",
     )
+    _add_params_args(p)
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.set_defaults(func=_cmd_validate)
 

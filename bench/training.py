@@ -1,0 +1,132 @@
+"""Global-stage training iteration time and peak memory on CPU, batch 1.
+
+Sizes 256x128, 512x256, 1024x512; paper widths (ngf 64, 9 blocks, ndf 64, 2 D scales,
+VGG loss with random weights of the real shape) and the demo widths of params.yaml;
+fp32, bf16 autocast, and fp32 + channels_last. Each case runs in its own process so
+its peak RSS is its own.
+
+Usage: python bench/training.py [--repeats N] [--sizes 256x128,512x256,1024x512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WIDTHS = {
+    "paper": dict(ngf=64, n_blocks=9, ndf=64, vgg=True),
+    "demo": dict(ngf=16, n_blocks=4, ndf=16, vgg=False),
+}
+VARIANTS = {
+    "fp32": dict(precision="fp32", channels_last=False),
+    "bf16": dict(precision="bf16", channels_last=False),
+    "fp32+channels_last": dict(precision="fp32", channels_last=True),
+}
+
+
+def one(width: str, size: str, variant: str, repeats: int, threads: int) -> dict:
+    import torch
+    from torchvision.models import vgg
+
+    from model.config import DiscriminatorConfig, GeneratorConfig, LossConfig, ModelConfig
+    from model.pix2pixhd import Pix2PixHD
+    from model.training import TrainConfig, Trainer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec, var = WIDTHS[width], VARIANTS[variant]
+    w, h = (int(v) for v in size.split("x"))
+    cfg = ModelConfig(
+        generator=GeneratorConfig(ngf=spec["ngf"], n_blocks_global=spec["n_blocks"]),
+        discriminator=DiscriminatorConfig(num_D=2, ndf=spec["ndf"]),
+        loss=LossConfig(use_vgg_loss=spec["vgg"]),
+    )
+    vgg_state = None
+    if spec["vgg"]:
+        feats = vgg.make_layers(vgg.cfgs["E"])
+        vgg_state = {f"features.{k}": v for k, v in feats.state_dict().items()}
+    model = Pix2PixHD(cfg, vgg_state_dict=vgg_state)
+    tc = TrainConfig(
+        precision=var["precision"],
+        channels_last=var["channels_last"],
+        log_every=0,
+        sample_every=0,
+        checkpoint_every=0,
+    )
+    trainer = Trainer(model, [None], tc, Path("/tmp"), torch.device("cpu"))
+    label = torch.randint(0, 35, (1, 1, h, w))
+    batch = {"label": label, "instance": label.clone(), "image": torch.rand(1, 3, h, w) * 2 - 1}
+    batch = trainer._to_device(batch)
+    trainer.train_step(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        trainer.train_step(batch)
+        times.append(time.perf_counter() - t)
+    return {
+        "width": width,
+        "size": size,
+        "variant": variant,
+        "seconds_per_iteration": min(times),
+        "all": [round(t, 3) for t in times],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", default="256x128,512x256,1024x512")
+    parser.add_argument("--widths", default="demo,paper")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/training.json"))
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(*args.one, args.repeats, args.threads)))
+        return
+    results = []
+    print(f"{'widths':6s} {'size':9s} {'variant':20s} {'s/iter':>8s} {'peak RSS MB':>12s}")
+    for width in args.widths.split(","):
+        for size in args.sizes.split(","):
+            for variant in VARIANTS:
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        width,
+                        size,
+                        variant,
+                        "--repeats",
+                        str(args.repeats),
+                        "--threads",
+                        str(args.threads),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode != 0:
+                    print(
+                        f"{width:6s} {size:9s} {variant:20s} failed: "
+                        f"{proc.stderr.strip().splitlines()[-1]}"
+                    )
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(r)
+                print(
+                    f"{width:6s} {size:9s} {variant:20s} {r['seconds_per_iteration']:8.3f} "
+                    f"{r['peak_rss_mb']:12.1f}",
+                    flush=True,
+                )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
