@@ -6,6 +6,9 @@ fp32, bf16 autocast, and fp32 + channels_last. Each case runs in its own process
 its peak RSS is its own.
 
 Usage: python bench/training.py [--repeats N] [--sizes 256x128,512x256,1024x512]
+       [--widths demo,paper] [--variants fp32,bf16,fp32+channels_last]
+bf16 autocast is emulated on CPUs without AVX512-BF16/AMX and then runs ~40x slower:
+measure it at the small size first.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", default="256x128,512x256,1024x512")
     parser.add_argument("--widths", default="demo,paper")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("bench/results/training.json"))
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -94,7 +98,7 @@ def main() -> None:
     print(f"{'widths':6s} {'size':9s} {'variant':20s} {'s/iter':>8s} {'peak RSS MB':>12s}")
     for width in args.widths.split(","):
         for size in args.sizes.split(","):
-            for variant in VARIANTS:
+            for variant in args.variants.split(","):
                 proc = subprocess.run(
                     [
                         sys.executable,

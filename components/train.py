@@ -22,7 +22,6 @@ import torch.distributed as dist
 from components.params import Params, flatten, stage_model_config, stage_size
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import (
-    CheckpointError,
     config_of,
     init_local_from_global,
     load_checkpoint,
@@ -31,7 +30,7 @@ from model.checkpoint import (
 from model.config import to_dict
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.encoding import check_size
-from model.errors import ConfigError, InputError
+from model.errors import CheckpointError, ConfigError, InputError
 from model.image_io import write_png
 from model.pix2pixhd import Pix2PixHD
 from model.training import DistInfo, Trainer, TrainHooks
