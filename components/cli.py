@@ -82,6 +82,65 @@ def _cmd_features(args: argparse.Namespace) -> dict:
     )
 
 
+def _cmd_segmenter(args: argparse.Namespace) -> dict:
+    from components import segmenter
+
+    params = _params(args)
+    return segmenter.run(
+        data=args.data,
+        out=args.out,
+        params=params.segmenter,
+        width=params.data.width,
+        height=params.data.height,
+        layout=params.data.layout,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> dict:
+    from components import evaluate
+
+    params = _params(args)
+    return evaluate.run(
+        checkpoint=args.checkpoint,
+        segmenter=args.segmenter,
+        data=args.data,
+        out=args.out,
+        params=params.evaluate,
+        layout=params.data.layout,
+        tracking=not args.no_tracking,
+        tracking_uri=args.tracking_uri,
+        orchestrator=args.orchestrator,
+        experiment=params.tracking.experiment,
+        data_summary=args.data_summary,
+    )
+
+
+def _cmd_promote(args: argparse.Namespace) -> dict:
+    import json as _json
+
+    from components import registry
+
+    params = _params(args)
+    name, version = args.model_name or params.evaluate.model_name, args.version
+    if args.registration is not None:
+        reg = _json.loads(Path(args.registration).read_text())
+        name, version = reg["name"], str(reg["version"])
+    min_delta = params.promote.min_delta if args.min_delta is None else args.min_delta
+    result = registry.promote(name, version, params.promote.metric, min_delta, args.tracking_uri)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(_json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the working directory)",
+    )
+
+
 def _add_params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--params",
@@ -236,6 +295,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _add_params_args(p)
     p.set_defaults(func=_cmd_features)
+
+    seg = sub.add_parser("segmenter", help="the frozen segmenter used by evaluate")
+    seg_sub = seg.add_subparsers(
+        dest="segmenter_command", metavar="SEGMENTER_COMMAND", required=True
+    )
+    p = seg_sub.add_parser(
+        "train",
+        help="train a PSPNet on the real photos (or load published weights)",
+        description="Train the segmenter on the dataset's real photos (segmenter.weights "
+        "set: load that published PSPNet instead), freeze it, and score it on the val "
+        "photos (the oracle row).",
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_segmenter, command="segmenter train")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score generated val images with the frozen segmenter",
+        description="Generate the val split, segment generated and real photos, write "
+        "pixel accuracy / mean IoU and per-class IoU, register the generator in MLflow.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--segmenter", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data-summary", type=Path, help="validate's summary.json (dataset hash)")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow run, no registration")
+    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
+    _add_tracking_args(p)
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "promote",
+        help="move the 'champion' alias to a version if it beats the champion",
+        description="Gate a registered generator version on its metric: it becomes the "
+        "champion only if it beats the current one by promote.min_delta (the first model "
+        "always does); otherwise the reason is recorded on the version.",
+    )
+    p.add_argument("--registration", type=Path, help="evaluate's registration.json")
+    p.add_argument("--model-name", help="default: evaluate.model_name")
+    p.add_argument("--version", help="default: the newest version")
+    p.add_argument("--min-delta", type=float, default=None, help="default: promote.min_delta")
+    p.add_argument("--out", type=Path, help="write the decision as JSON here")
+    _add_tracking_args(p)
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_promote)
 
     data = sub.add_parser("data", help="dataset tools (synth)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

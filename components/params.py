@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from components.evaluate import EvaluateParams
+from components.segmenter import SegmenterParams
 from model.config import (
     DiscriminatorConfig,
     EncoderConfig,
@@ -62,6 +64,12 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class PromoteParams:
+    metric: str = "mean_iou"  # version tag compared (written by evaluate)
+    min_delta: float = 0.0  # the candidate must beat the champion by at least this
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -70,6 +78,9 @@ class Params:
         default_factory=lambda: TrainConfig(niter=50, niter_decay=50, niter_fix_global=10)
     )
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    segmenter: SegmenterParams = field(default_factory=SegmenterParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 

@@ -43,6 +43,9 @@ TINY = [
     "train_local.batch_size=2",
     "train_local.log_every=1",
     "features.min_area=0.001",
+    "segmenter.backbone=light",
+    "segmenter.epochs=2",
+    "segmenter.batch_size=4",
 ]
 
 
@@ -193,6 +196,54 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch)
         == 0
     )
     assert len(list(out.glob("*.png"))) == 2
+
+    seg, ev = tmp_path / "seg", tmp_path / "eval"
+    assert main(["segmenter", "train", "--data", str(data), "--out", str(seg), *_sets()]) == 0
+    oracle = json.loads((seg / "metrics.json").read_text())
+    assert 0 <= oracle["val_real_pixel_accuracy"] <= 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(feats / "model.pth"),
+                "--segmenter",
+                str(seg / "segmenter.pth"),
+                "--data",
+                str(data),
+                "--out",
+                str(ev),
+                "--tracking-uri",
+                uri,
+                *_sets(),
+            ]
+        )
+        == 0
+    )
+    scores = json.loads((ev / "metrics.json").read_text())
+    assert scores["real"]["mean_iou"] == pytest.approx(oracle["val_real_mean_iou"])
+    assert 0 <= scores["generated"]["pixel_accuracy"] <= 1 and scores["images"] == 2
+    assert (ev / "samples.png").is_file() and (ev / "iou_per_class.csv").is_file()
+    assert scores["registered"]["version"] == "1"
+    decision = tmp_path / "promote.json"
+    assert (
+        main(
+            [
+                "promote",
+                "--registration",
+                str(ev / "registration.json"),
+                "--tracking-uri",
+                uri,
+                "--out",
+                str(decision),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(decision.read_text())["promoted"] is True
+    champion = client.get_model_version_by_alias("pix2pixhd-generator", "champion")
+    assert str(champion.version) == "1" and champion.tags["promotion"] == "passed"
+    assert float(champion.tags["mean_iou"]) == pytest.approx(scores["generated"]["mean_iou"])
 
 
 def test_tracking_failure_does_not_stop_training(data, tmp_path, monkeypatch, caplog):

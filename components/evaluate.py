@@ -1,0 +1,187 @@
+"""Step `evaluate`: generate the val split, segment generated and real photos with the
+frozen segmenter, score both against the input label maps, and register the generator
+as a new version in the MLflow model registry with its scores and lineage.
+
+Writes ``metrics.json`` (pixel accuracy and mean IoU for generated and real photos),
+``iou_per_class.csv``, ``samples.png`` (label | generated | real | segmentation of the
+generated image) and, when tracking is on, ``registration.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from components.segmenter import load_segmenter
+from components.tracking import Tracker, git_sha, orchestrator_tag
+from model.checkpoint import build_model, load_checkpoint
+from model.datasets import PairedDataset, detect_layout, find_samples
+from model.errors import InputError
+from model.features import features_from_clusters
+from model.image_io import tensor_to_rgb, write_png
+from model.labels import LABELS, colorize
+from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
+from model.pspnet import segment
+
+log = logging.getLogger(__name__)
+
+MEAN_IOU_CONVENTION = (
+    "mean over classes with TP+FP+FN > 0 (absent and never predicted classes are NaN and "
+    "skipped, as the official Cityscapes evaluator does)"
+)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    model_name: str = "pix2pixhd-generator"  # registered model in the MLflow registry
+    batch_size: int = 4
+    seed: int = 0  # cluster-centre draws for models with instance features
+    samples: int = 4  # rows of the sample grid
+
+
+def _train_id_colours() -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)
+    for lab in LABELS:
+        if 0 <= lab.train_id < 255:
+            lut[lab.train_id] = lab.color
+    return lut
+
+
+def run(
+    checkpoint: Path,
+    segmenter: Path,
+    data: Path,
+    out: Path,
+    params: EvaluateParams | None = None,
+    layout: str = "auto",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: str | None = None,
+    experiment: str = "pix2pixhd",
+    data_summary: Path | None = None,
+) -> dict[str, Any]:
+    params = params or EvaluateParams()
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt).eval()
+    seg, seg_params = load_segmenter(segmenter)
+    width, height = ckpt.get("image_size") or (None, None)
+    if width is None:
+        raise InputError(f"{checkpoint}: the checkpoint does not record its image size")
+    lay = detect_layout(data) if layout == "auto" else layout
+    val = find_samples(data, lay, "val", model.cfg.use_instance_map)
+    if not val:
+        raise InputError(f"{data}: no val samples to evaluate on")
+    ds = PairedDataset(val, model.cfg.label_nc, int(width), int(height))
+    centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
+    rng = torch.Generator().manual_seed(params.seed)
+    cm_fake, cm_real = ConfusionMatrix(), ConfusionMatrix()
+    grid_rows = []
+    colours = _train_id_colours()
+    for start in tqdm(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
+        items = [ds[i] for i in range(start, min(len(ds), start + params.batch_size))]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        feats = None
+        if model.cfg.use_instance_features and centres:
+            feats = features_from_clusters(
+                batch["instance"], centres, model.cfg.encoder.feat_num, rng
+            )
+        fake = model.generate(
+            batch["label"], batch.get("instance"), image=batch["image"], features=feats
+        )
+        pred_fake = segment(
+            seg, (fake + 1) * 127.5, crop=seg_params.crop or None, flip=seg_params.flip
+        ).argmax(1)
+        pred_real = segment(
+            seg, (batch["image"] + 1) * 127.5, crop=seg_params.crop or None, flip=seg_params.flip
+        ).argmax(1)
+        for i in range(len(items)):
+            target = label_ids_to_train_ids(batch["label"][i, 0].numpy())
+            cm_fake.update(pred_fake[i].numpy(), target)
+            cm_real.update(pred_real[i].numpy(), target)
+            if len(grid_rows) < params.samples:
+                grid_rows.append(
+                    np.concatenate(
+                        [
+                            colorize(batch["label"][i, 0].numpy()),
+                            tensor_to_rgb(fake[i]),
+                            tensor_to_rgb(batch["image"][i]),
+                            colours[pred_fake[i].numpy()],
+                        ],
+                        axis=1,
+                    )
+                )
+    s_fake, s_real = scores(cm_fake), scores(cm_real)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "generated": {"pixel_accuracy": s_fake.pixel_accuracy, "mean_iou": s_fake.mean_iou},
+        "real": {"pixel_accuracy": s_real.pixel_accuracy, "mean_iou": s_real.mean_iou},
+        "images": len(ds),
+        "mean_iou_convention": MEAN_IOU_CONVENTION,
+    }
+    with (out / "iou_per_class.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "generated", "real"])
+        for name in TRAIN_NAMES:
+            w.writerow(
+                [name, f"{s_fake.iou_per_class[name]:.4f}", f"{s_real.iou_per_class[name]:.4f}"]
+            )
+    write_png(out / "samples.png", np.concatenate(grid_rows, axis=0))
+    dataset_hash = ckpt.get("dataset_hash", "")
+    if data_summary is not None and Path(data_summary).is_file():
+        dataset_hash = json.loads(Path(data_summary).read_text()).get("dataset_hash", "")
+    if tracking:
+        from components.registry import register_generator
+
+        tracker = Tracker(tracking_uri=tracking_uri)
+        tags = {
+            "stage": "evaluate",
+            "git_sha": git_sha(),
+            "dataset_hash": dataset_hash,
+            "orchestrator": orchestrator_tag(orchestrator),
+        }
+        tracker.start(experiment, "evaluate", tags)
+        tracker.log_metrics(
+            {
+                "generated_pixel_accuracy": s_fake.pixel_accuracy,
+                "generated_mean_iou": s_fake.mean_iou,
+                "real_pixel_accuracy": s_real.pixel_accuracy,
+                "real_mean_iou": s_real.mean_iou,
+            },
+            step=0,
+        )
+        tracker.log_artifact(out / "iou_per_class.csv")
+        tracker.log_artifact(out / "samples.png")
+        tracker.log_artifact(checkpoint, "generator")
+        tracker.end()
+        if tracker.run_id is not None:
+            version = register_generator(
+                params.model_name,
+                tracker.run_id,
+                "generator",
+                {"mean_iou": s_fake.mean_iou, "pixel_accuracy": s_fake.pixel_accuracy},
+                {
+                    "dataset_hash": dataset_hash,
+                    "git_sha": tags["git_sha"],
+                    "checkpoint": str(checkpoint),
+                },
+                tracking_uri,
+            )
+            metrics["registered"] = {"name": params.model_name, "version": version}
+            (out / "registration.json").write_text(json.dumps(metrics["registered"]) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(
+        "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",
+        s_fake.pixel_accuracy,
+        s_fake.mean_iou,
+        s_real.pixel_accuracy,
+        s_real.mean_iou,
+    )
+    return metrics

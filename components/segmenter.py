@@ -1,0 +1,168 @@
+"""Step `segmenter train`: train (or load) the frozen segmenter the evaluation uses.
+
+Datasets with a published Cityscapes PSPNet use it (``segmenter.weights``: a semseg
+checkpoint, loaded as is). Datasets without one, like the bundled dataset, get a
+segmenter trained here on the real photos (the author's recipe: SGD, momentum 0.9,
+poly learning rate, cross-entropy with ignore 255 plus 0.4 x the aux loss); it is then
+frozen and versioned (DVC output, MLflow artifact). Its score on the real val photos is
+the oracle row of the evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
+from model.datasets import PairedDataset, detect_layout, find_samples
+from model.errors import CheckpointError, InputError
+from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
+from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmenterParams:
+    backbone: str = "resnet50"  # resnet50 | resnet101 (published) | light (CPU)
+    weights: str = ""  # a published semseg checkpoint; empty: train one here
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    train_crop: int = 0  # square random training crops (author: 713); 0 = whole image
+    crop: int = 0  # evaluation sliding window (author: 713); 0 = whole image
+    flip: bool = False  # evaluation flip averaging
+
+
+def pspnet_config(p: SegmenterParams) -> PSPNetConfig:
+    if p.backbone not in ("resnet50", "resnet101", "light"):
+        raise InputError(
+            f"segmenter.backbone {p.backbone!r}: expected resnet50, resnet101 or light"
+        )
+    return PSPNetConfig(backbone=p.backbone)  # type: ignore[arg-type]
+
+
+def load_segmenter(path: Path) -> tuple[PSPNet, SegmenterParams]:
+    """A segmenter written by this step."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "segmenter":
+        raise CheckpointError(
+            f"{path}: not a segmenter checkpoint (run `pix2pixhd segmenter train`)"
+        )
+    params = SegmenterParams(**ckpt["segmenter_params"])
+    model = PSPNet(pspnet_config(params))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), params
+
+
+def _train_ids(label: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(label_ids_to_train_ids(label.numpy())).long()
+
+
+def _rgb255(image: torch.Tensor) -> torch.Tensor:
+    return (image + 1) * 127.5
+
+
+def evaluate_real(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> dict[str, Any]:
+    cm = ConfusionMatrix()
+    for i in range(len(ds)):
+        item = ds[i]
+        probs = segment(model, _rgb255(item["image"])[None], crop=p.crop or None, flip=p.flip)
+        cm.update(probs.argmax(1)[0].numpy(), _train_ids(item["label"][0]).numpy())
+    return scores(cm).as_dict()
+
+
+def run(
+    data: Path, out: Path, params: SegmenterParams, width: int, height: int, layout: str = "auto"
+) -> dict[str, Any]:
+    lay = detect_layout(data) if layout == "auto" else layout
+    train = find_samples(data, lay, "train", use_instance_map=False)
+    val = find_samples(data, lay, "val", use_instance_map=False)
+    if not train and not params.weights:
+        raise InputError(f"{data}: no training samples to train the segmenter on")
+    torch.manual_seed(params.seed)
+    model = PSPNet(pspnet_config(params))
+    start = time.perf_counter()
+    if params.weights:
+        load_pspnet_state(model, _torch_load(params.weights), params.weights)
+        history: list[dict[str, float]] = []
+    else:
+        crop = (params.train_crop, params.train_crop) if params.train_crop else None
+        ds = PairedDataset(train, 35, width, height, crop=crop, flip=True, seed=params.seed)
+        history = _train(model, ds, params)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        out / "segmenter.pth",
+        {
+            "kind": "segmenter",
+            "segmenter_params": dataclasses.asdict(params),
+            "state_dict": model.state_dict(),
+            "image_size": [width, height],
+        },
+    )
+    oracle = evaluate_real(model, PairedDataset(val, 35, width, height), params) if val else {}
+    summary = {
+        "segmenter": str(out / "segmenter.pth"),
+        "backbone": params.backbone,
+        "trained_here": not params.weights,
+        "seconds": round(time.perf_counter() - start, 1),
+        "val_real_pixel_accuracy": oracle.get("pixel_accuracy"),
+        "val_real_mean_iou": oracle.get("mean_iou"),
+        "final_loss": history[-1]["loss"] if history else None,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "iou_per_class.json").write_text(
+        json.dumps(oracle.get("iou_per_class", {}), indent=2) + "\n"
+    )
+    log.info("segmenter: val mIoU on real photos %.3f", summary["val_real_mean_iou"] or 0)
+    return summary
+
+
+def _train(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> list[dict[str, float]]:
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=p.batch_size,
+        shuffle=True,
+        drop_last=len(ds) > p.batch_size,
+        generator=torch.Generator().manual_seed(p.seed),
+    )
+    opt = torch.optim.SGD(
+        model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+    total = max(1, p.epochs * len(loader))
+    step, history = 0, []
+    model.train()
+    bar = tqdm(total=total, desc="segmenter", unit="it")
+    for epoch in range(p.epochs):
+        ds.epoch = epoch
+        for batch in loader:
+            for g in opt.param_groups:  # poly schedule, power 0.9
+                g["lr"] = p.lr * (1 - step / total) ** 0.9
+            target = _train_ids(batch["label"][:, 0])
+            main, aux = model(normalise(_rgb255(batch["image"])))
+            loss = F.cross_entropy(main, target, ignore_index=255)
+            loss = loss + 0.4 * F.cross_entropy(aux, target, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            history.append({"step": step, "loss": float(loss.detach())})
+    bar.close()
+    return history
