@@ -30,6 +30,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/training.py --variants fp32,fp32+channels_last
 
 clean:
 	rm -rf $(VENV) *.egg-info

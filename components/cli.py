@@ -35,6 +35,8 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
 
     return generate.run(
         checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        seed=args.seed,
         labels=args.labels,
         out=args.out,
         instances=args.instances,
@@ -131,6 +133,22 @@ def _cmd_promote(args: argparse.Namespace) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(_json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _cmd_export(args: argparse.Namespace) -> dict:
+    from components import export
+
+    params = _params(args)
+    return export.run(
+        checkpoint=args.checkpoint,
+        out=args.out,
+        fp16=not args.no_fp16,
+        tracking=not args.no_tracking,
+        tracking_uri=args.tracking_uri,
+        registration=args.registration,
+        experiment=params.tracking.experiment,
+        orchestrator=args.orchestrator,
+    )
 
 
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
@@ -248,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="label maps to photos with a checkpoint",
         description="Generate one PNG per label map (same stem, native size).",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a checkpoint (runs in PyTorch)")
+    src.add_argument("--onnx", type=Path, help="an exported model (runs in onnxruntime)")
     p.add_argument("--labels", type=Path, required=True, help="directory of label-id PNGs")
     p.add_argument("--instances", type=Path, help="directory of instance-id PNGs")
     p.add_argument(
@@ -256,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="cluster-centre draws (feature models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=_cmd_generate)
 
@@ -344,6 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(p)
     _add_params_args(p)
     p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser(
+        "export",
+        help="export the generator to ONNX (label ids in, image out)",
+        description="Export the whole generator as one ONNX graph taking raw label ids "
+        "(+ instance ids, + features); check it against PyTorch with onnxruntime; write an "
+        "fp16 copy for GPU serving; log it to MLflow (onnx flavour).",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="model.onnx to write")
+    p.add_argument("--no-fp16", action="store_true", help="skip the fp16 copy")
+    p.add_argument(
+        "--registration",
+        type=Path,
+        help="evaluate's registration.json: tag that version with the ONNX model",
+    )
+    p.add_argument("--no-tracking", action="store_true")
+    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
+    _add_tracking_args(p)
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_export)
 
     data = sub.add_parser("data", help="dataset tools (synth)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -31,7 +33,6 @@ from model.image_io import (
     tensor_to_rgb,
     write_png,
 )
-from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
 
@@ -111,37 +112,117 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@dataclass
+class Generator:
+    """What generation needs from a model: PyTorch (a checkpoint) or ONNX Runtime."""
+
+    label_nc: int
+    use_instance_map: bool
+    use_instance_features: bool
+    feat_num: int
+    size_multiple: int
+    centres: dict[int, torch.Tensor]
+    fn: Callable[..., torch.Tensor]  # (label, instance, image, features) -> image
+    device: torch.device
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: torch.device) -> Generator:
+        ckpt = load_checkpoint(path)
+        model = build_model(ckpt).eval().to(device)
+        cfg = model.cfg
+
+        def fn(label, inst, image, features):
+            autocast = torch.autocast(
+                device.type, dtype=torch.float16, enabled=device.type == "cuda"
+            )
+            with autocast:
+                return model.generate(label, inst, image=image, features=features).float()
+
+        centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
+        return cls(
+            cfg.label_nc,
+            cfg.use_instance_map,
+            cfg.use_instance_features,
+            cfg.encoder.feat_num,
+            cfg.generator.size_multiple,
+            centres,
+            fn,
+            device,
+        )
+
+    @classmethod
+    def from_onnx(cls, path: Path) -> Generator:
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such ONNX file")
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        try:
+            session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:
+            raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("producer") != "pix2pixhd-pipeline":
+            raise InputError(f"{path}: not exported by `pix2pixhd export`")
+        names = [i.name for i in session.get_inputs()]
+        raw = json.loads(meta.get("cluster_centers", "{}"))
+        centres = {int(k): torch.tensor(v) for k, v in raw.items()}
+
+        def fn(label, inst, image, features):
+            if image is not None:
+                raise InputError(
+                    "ONNX models cannot encode features from photos: drop "
+                    "--images (features come from the cluster centres)"
+                )
+            feeds = {"label": label.numpy()}
+            if "instance" in names:
+                feeds["instance"] = inst.numpy()
+            if "features" in names:
+                feeds["features"] = features.numpy().astype(np.float32)
+            return torch.from_numpy(session.run(None, feeds)[0])
+
+        return cls(
+            int(meta["label_nc"]),
+            meta["use_instance_map"] == "true",
+            meta["use_instance_features"] == "true",
+            int(meta["feat_num"]),
+            int(meta["size_multiple"]),
+            centres,
+            fn,
+            torch.device("cpu"),
+        )
+
+
 def generate_batch(
-    model: Pix2PixHD,
+    gen: Generator,
     batch: list[dict[str, torch.Tensor]],
-    device: torch.device,
-    centres: dict[int, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
     """Generate one batch of same-size samples at their native size."""
     h, w = batch[0]["label"].shape[-2:]
-    m = model.cfg.generator.size_multiple
+    m = gen.size_multiple
     ph, pw = -(-h // m) * m, -(-w // m) * m
 
     def stack(key: str) -> torch.Tensor | None:
         if key not in batch[0]:
             return None
-        return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(device)
+        return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(gen.device)
 
     label, inst, image = stack("label"), stack("instance"), stack("image")
     features = None
-    if model.cfg.use_instance_features and image is None:
-        features = features_from_clusters(
-            inst.cpu(), centres or {}, model.cfg.encoder.feat_num, generator
-        ).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
-    with autocast:
-        fake = model.generate(label, inst, image=image, features=features)
-    return [f[:, :h, :w].float() for f in fake]
+    if gen.use_instance_features and image is None:
+        features = features_from_clusters(inst.cpu(), gen.centres, gen.feat_num, generator)
+        features = features.to(gen.device)
+    fake = gen.fn(label, inst, image, features)
+    return [f[:, :h, :w].float().cpu() for f in fake]
 
 
 def run(
-    checkpoint: Path,
+    checkpoint: Path | None,
     labels: Path,
     out: Path,
     instances: Path | None = None,
@@ -149,38 +230,38 @@ def run(
     batch_size: int = 4,
     device: str = "auto",
     seed: int = 0,
+    onnx: Path | None = None,
 ) -> dict[str, Any]:
-    """Generate one PNG per label map into ``out``; returns and writes a summary."""
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt).eval()
-    cfg = model.cfg
-    centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
-    if cfg.use_instance_features and images is None and not centres:
+    """Generate one PNG per label map into ``out`` with a checkpoint (PyTorch) or an
+    exported ONNX model (onnxruntime); returns and writes a summary."""
+    if (checkpoint is None) == (onnx is None):
+        raise InputError("give exactly one of --checkpoint and --onnx")
+    dev = resolve_device(device)
+    gen = Generator.from_onnx(onnx) if onnx else Generator.from_checkpoint(checkpoint, dev)
+    if gen.use_instance_features and images is None and not gen.centres:
         raise InputError(
             "this model uses instance features: pass --images DIR with the photos to encode "
             "them from, or run `pix2pixhd features` to add cluster centres to the checkpoint"
         )
     samples = pair_inputs(
         labels,
-        instances if cfg.use_instance_map else None,
-        images if cfg.use_instance_features else None,
-        need_instances=cfg.use_instance_map,
+        instances if gen.use_instance_map else None,
+        images if gen.use_instance_features else None,
+        need_instances=gen.use_instance_map,
     )
-    dev = resolve_device(device)
-    model.to(dev)
     out.mkdir(parents=True, exist_ok=True)
     rng = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     pending: list[tuple[Sample, dict[str, torch.Tensor]]] = []
 
     def flush() -> None:
-        fakes = generate_batch(model, [t for _, t in pending], dev, centres, rng)
+        fakes = generate_batch(gen, [t for _, t in pending], rng)
         for (sample, _), fake in zip(pending, fakes, strict=True):
             write_png(out / f"{sample.stem}.png", tensor_to_rgb(fake))
         pending.clear()
 
     for sample in tqdm(samples, desc="generate", unit="img"):
-        tensors = _load(sample, cfg.label_nc)
+        tensors = _load(sample, gen.label_nc)
         if pending and tensors["label"].shape != pending[0][1]["label"].shape:
             flush()
         pending.append((sample, tensors))
@@ -193,7 +274,8 @@ def run(
         "images": len(samples),
         "seconds": round(seconds, 3),
         "seconds_per_image": round(seconds / len(samples), 4),
-        "device": str(dev),
+        "device": str(gen.device),
+        "runtime": "onnxruntime" if onnx else "pytorch",
     }
     (out / "generate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(
