@@ -109,7 +109,6 @@ def export_onnx(
         )
     if fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
-
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         proto = convert_float_to_float16(proto, keep_io_types=True)
