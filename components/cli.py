@@ -151,6 +151,20 @@ def _cmd_export(args: argparse.Namespace) -> dict:
     )
 
 
+def _cmd_edit(args: argparse.Namespace) -> dict:
+    from components import edit
+
+    return edit.run(
+        checkpoint=args.checkpoint,
+        labels=args.labels,
+        instances=args.instances,
+        out=args.out,
+        edits=args.edits,
+        samples=args.samples,
+        seed=args.seed,
+    )
+
+
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -386,6 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(p)
     _add_params_args(p)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "edit",
+        help="semantic manipulation: edit a label map and generate the result",
+        description="Apply edits (relabel, add, remove, style; format in model/editing.py "
+        "and the README) to one label/instance map pair and generate before/after images; "
+        "--samples K renders K variations with other cluster centres.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True, help="one label-id PNG")
+    p.add_argument("--instances", type=Path, required=True, help="its instance-id PNG")
+    p.add_argument("--edits", type=Path, help="EDITS.json (none: just render / sample)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--samples", type=int, default=0, help="variations to render (K)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_edit)
 
     data = sub.add_parser("data", help="dataset tools (synth)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -89,3 +89,82 @@ def test_generate_with_onnx_equals_pytorch(exported, tmp_path):
         a = np.asarray(Image.open(tmp_path / "pt" / f"s{i}.png")).astype(int)
         b = np.asarray(Image.open(tmp_path / "ox" / f"s{i}.png")).astype(int)
         assert a.shape == (24, 40, 3) and np.abs(a - b).max() <= 1
+
+
+def test_edit_and_samples(exported, tmp_path):
+    import json
+
+    _, _, ckpt, _ = exported
+    lab = np.full((24, 40), 2, np.uint8)
+    lab[8:16, 4:14], lab[8:16, 14:24] = 3, 3
+    inst = lab.astype(np.uint16)
+    inst[8:16, 4:14], inst[8:16, 14:24] = 3000, 3001
+    Image.fromarray(lab).save(tmp_path / "l.png")
+    Image.fromarray(inst).save(tmp_path / "i.png")
+    (tmp_path / "edits.json").write_text(
+        json.dumps(
+            {
+                "edits": [
+                    {"op": "style", "instance": 3000, "cluster": 1},
+                    {"op": "relabel", "instance": 3001, "to": 4},
+                ]
+            }
+        )
+    )
+    args = [
+        "edit",
+        "--checkpoint",
+        str(ckpt),
+        "--labels",
+        str(tmp_path / "l.png"),
+        "--instances",
+        str(tmp_path / "i.png"),
+        "--edits",
+        str(tmp_path / "edits.json"),
+        "--samples",
+        "3",
+        "--seed",
+        "1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    edited = np.asarray(Image.open(tmp_path / "a" / "labels.png"))
+    assert (edited[8:16, 14:24] == 4).all() and (edited[8:16, 4:14] == 3).all()
+    before = np.asarray(Image.open(tmp_path / "a" / "before.png"))
+    after = np.asarray(Image.open(tmp_path / "a" / "after.png"))
+    assert before.shape == after.shape == (24, 40, 3) and (before != after).any()
+    for k in range(3):  # deterministic for a seed
+        a = np.asarray(Image.open(tmp_path / "a" / f"sample_{k:02d}.png"))
+        b = np.asarray(Image.open(tmp_path / "b" / f"sample_{k:02d}.png"))
+        assert np.array_equal(a, b)
+    # the edited map has no free instance left (3000 styled, 3001 now class 4 without
+    # clusters): every sample is the same. Without edits both cars draw their centres.
+    same = [np.asarray(Image.open(tmp_path / "a" / f"sample_{k:02d}.png")) for k in range(3)]
+    assert all(np.array_equal(same[0], x) for x in same[1:])
+    free = [a for a in args if a not in ("--edits", str(tmp_path / "edits.json"))]
+    assert main([*free, "--samples", "4", "--out", str(tmp_path / "c")]) == 0
+    draws = [np.asarray(Image.open(tmp_path / "c" / f"sample_{k:02d}.png")) for k in range(4)]
+    assert any((draws[0] != x).any() for x in draws[1:])
+
+
+def test_edit_errors_exit_2(exported, tmp_path, capsys):
+    _, _, ckpt, _ = exported
+    Image.fromarray(np.full((16, 24), 3, np.uint8)).save(tmp_path / "l.png")
+    Image.fromarray(np.full((16, 24), 3000, np.uint16)).save(tmp_path / "i.png")
+    (tmp_path / "e.json").write_text('{"edits": [{"op": "style", "instance": 3000, "cluster": 7}]}')
+    code = main(
+        [
+            "edit",
+            "--checkpoint",
+            str(ckpt),
+            "--labels",
+            str(tmp_path / "l.png"),
+            "--instances",
+            str(tmp_path / "i.png"),
+            "--edits",
+            str(tmp_path / "e.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "cluster 7 is out of range: class 3 has 2" in capsys.readouterr().err
