@@ -143,7 +143,12 @@ def run(
                 "--set tracking.vgg_weights=/path/vgg19-dcbb9e9d.pth, or turn the loss off "
                 "with --set model.loss.use_vgg_loss=false"
             )
-        vgg = load_vgg19_state_dict(params.tracking.vgg_weights)
+        weights = params.tracking.vgg_weights
+        if weights.startswith("s3://"):
+            from components import storage
+
+            weights = storage.fetch(weights)
+        vgg = load_vgg19_state_dict(weights)
 
     torch.manual_seed(tcfg.seed)
     model = Pix2PixHD(cfg, with_discriminator=True, vgg_state_dict=vgg)

@@ -1,0 +1,189 @@
+"""Artifact I/O for ``s3://`` URIs with boto3: datasets, weights, checkpoints, outputs.
+
+Steps work on local paths; this module stages S3 inputs into a local cache before a
+step runs and publishes its outputs afterwards. A URI names one object
+(``s3://bucket/models/g.pth``) or a prefix (``s3://bucket/datasets/city/``, fetched as a
+directory tree).
+
+Configuration comes from the environment only: credentials through boto3's usual chain
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), the
+endpoint from ``AWS_ENDPOINT_URL`` (or ``MLFLOW_S3_ENDPOINT_URL``, which MLflow users
+already set) for MinIO / Ceph / other S3-compatible stores. Transient errors are retried
+by botocore (standard mode, ``PIX2PIXHD_S3_MAX_ATTEMPTS``, default 8). Missing objects,
+buckets, credentials or an unreachable endpoint are ``InputError`` s naming the URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SCHEME = "s3://"
+
+
+def is_s3(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(SCHEME)
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        if not is_s3(uri):
+            raise InputError(f"{uri!r}: expected an s3://bucket/key URI")
+        bucket, _, key = uri[len(SCHEME) :].partition("/")
+        if len(bucket) < 3:
+            raise InputError(f"{uri!r}: no bucket name (expected s3://bucket/key)")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}"
+
+    def child(self, relative: str) -> S3Uri:
+        prefix = self.key.rstrip("/")
+        return S3Uri(self.bucket, f"{prefix}/{relative}" if prefix else relative)
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+def client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    attempts = int(os.environ.get("PIX2PIXHD_S3_MAX_ATTEMPTS", "8"))
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=10)
+    # a fresh session: credentials and endpoint are read from the environment now
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+def _explain(exc: Exception, uri: str) -> InputError:
+    """A one-line, credential-free explanation of a boto3 failure."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return InputError(
+            f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) in the environment"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return InputError(f"{uri}: cannot reach the S3 endpoint {endpoint_url() or 'AWS'}")
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket",):
+            return InputError(f"{uri}: no such bucket")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return InputError(f"{uri}: no such object or prefix")
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return InputError(f"{uri}: access denied ({code}): check the S3 credentials")
+        return InputError(f"{uri}: S3 error {code}: {exc}")
+    return InputError(f"{uri}: S3 error: {exc}")
+
+
+def _list(s3: Any, uri: S3Uri) -> list[str]:
+    prefix = uri.key.rstrip("/") + "/" if uri.key else ""
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    return keys
+
+
+def download(uri: str, dest: Path) -> Path:
+    """Fetch an object to ``dest`` (a file) or a prefix into ``dest`` (a directory).
+
+    Files are written through a temporary name and renamed, so an interrupted download
+    never leaves a partial file under the final name."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    loc = S3Uri.parse(uri)
+    s3 = client()
+    try:
+        keys = [loc.key] if loc.key and not loc.key.endswith("/") else []
+        if keys:
+            try:
+                s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NotFound"):
+                    raise
+                keys = []
+        if keys:
+            _get(s3, loc.bucket, loc.key, dest)
+            return dest
+        keys = _list(s3, loc)
+        if not keys:
+            raise InputError(f"{uri}: no such object or prefix")
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        for key in keys:
+            _get(s3, loc.bucket, key, dest / key[len(prefix) :])
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, uri) from None
+    log.info("fetched %s (%d objects) -> %s", uri, len(keys), dest)
+    return dest
+
+
+def _get(s3: Any, bucket: str, key: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    try:
+        s3.download_file(bucket, key, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def upload(src: Path, uri: str) -> int:
+    """Upload a file to the object ``uri`` or a directory tree under the prefix ``uri``.
+    Returns the number of objects written."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    loc = S3Uri.parse(uri)
+    src = Path(src)
+    if not src.exists():
+        raise InputError(f"{src}: nothing to upload to {uri}")
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    s3 = client()
+    try:
+        for f in files:
+            key = loc.key if src.is_file() else loc.child(f.relative_to(src).as_posix()).key
+            s3.upload_file(str(f), loc.bucket, key)
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, uri) from None
+    log.info("published %s (%d objects) -> %s", src, len(files), uri)
+    return len(files)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PIX2PIXHD_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "pix2pixhd" / "s3"
+
+
+def fetch(uri: str, cache: Path | None = None) -> Path:
+    """A local copy of ``uri`` under the cache (re-fetched each call: objects may change)."""
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    name = S3Uri.parse(uri).key.rstrip("/").rsplit("/", 1)[-1] or "root"
+    dest = (cache or cache_dir()) / digest / name
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    return download(uri, dest)

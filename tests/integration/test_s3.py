@@ -1,0 +1,151 @@
+"""S3 I/O against a real S3 protocol server on loopback (moto's server, started here):
+boto3 staging through the CLI, clear errors, a DVC push/pull and an MLflow artifact
+round trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import storage
+from components.cli import main
+from model.errors import InputError
+
+pytest.importorskip("moto")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("PIX2PIXHD_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PIX2PIXHD_CACHE", str(tmp_path / "cache"))
+    bucket = f"b{abs(hash(str(tmp_path))) % 10**8}"
+    storage.client().create_bucket(Bucket=bucket)
+    return s3_server, bucket
+
+
+def test_upload_fetch_round_trip_file_and_tree(s3, tmp_path):
+    _, bucket = s3
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "x.txt").write_text("x")
+    (tree / "a" / "b" / "y.bin").write_bytes(bytes(range(256)))
+    assert storage.upload(tree, f"s3://{bucket}/data/tree") == 2
+    got = storage.fetch(f"s3://{bucket}/data/tree/")
+    assert (got / "x.txt").read_text() == "x"
+    assert (got / "a" / "b" / "y.bin").read_bytes() == bytes(range(256))
+    one = storage.fetch(f"s3://{bucket}/data/tree/a/b/y.bin")
+    assert one.is_file() and one.read_bytes() == bytes(range(256))
+
+
+def test_clear_errors(s3, monkeypatch):
+    _, bucket = s3
+    with pytest.raises(InputError, match=f"s3://{bucket}/nothing/here: no such object"):
+        storage.fetch(f"s3://{bucket}/nothing/here")
+    with pytest.raises(InputError, match="no such bucket"):
+        storage.fetch("s3://no-such-bucket-xyz/k")
+    with pytest.raises(InputError, match="expected an s3://bucket/key"):
+        storage.S3Uri.parse("/local/path")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    with pytest.raises(InputError, match="no S3 credentials: set AWS_ACCESS_KEY_ID"):
+        storage.fetch(f"s3://{bucket}/k")
+
+
+def test_cli_reads_and_writes_s3(s3, capsys):
+    _, bucket = s3
+    args = ["data", "synth", "--out", f"s3://{bucket}/ds", "--num-train", "2"]
+    assert main([*args, "--num-val", "1", "--size", "128x64"]) == 0
+    keys = [o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    labels = [k for k in keys if k.endswith("_gtFine_labelIds.png")]
+    assert len(labels) == 3 and all(k.startswith("ds/") for k in keys)
+    out = f"s3://{bucket}/runs/validate"
+    assert main(["validate", "--data", f"s3://{bucket}/ds", "--out", out]) == 0
+    summary = storage.fetch(f"{out}/summary.json")
+    assert '"samples"' in summary.read_text()
+    capsys.readouterr()
+    code = main(["boundaries", "--data", f"s3://{bucket}/missing", "--out", "/tmp/x"])
+    assert code == 2
+    assert f"s3://{bucket}/missing: no such object or prefix" in capsys.readouterr().err
+
+
+def _env(server: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        MLFLOW_S3_ENDPOINT_URL=server,
+    )
+    return env
+
+
+def test_dvc_push_pull(s3, tmp_path):
+    server, bucket = s3
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    env = _env(server)
+
+    def sh(*args: str) -> None:
+        subprocess.run([*dvc, *args], cwd=repo, env=env, check=True, capture_output=True)
+
+    sh("init", "--no-scm")
+    sh("remote", "add", "-d", "store", f"s3://{bucket}/dvcstore")
+    sh("remote", "modify", "store", "endpointurl", server)
+    img = np.random.default_rng(0).integers(0, 255, (16, 32, 3), dtype=np.uint8)
+    (repo / "data").mkdir()
+    Image.fromarray(img).save(repo / "data" / "a.png")
+    sh("add", "data")
+    sh("push")
+    import shutil
+
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    sh("pull")
+    assert np.array_equal(np.asarray(Image.open(repo / "data" / "a.png")), img)
+
+
+def test_mlflow_artifact_round_trip(s3, tmp_path, monkeypatch):
+    import mlflow
+
+    server, bucket = s3
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", server)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        exp = mlflow.create_experiment("s3test", artifact_location=f"s3://{bucket}/mlflow")
+        payload = tmp_path / "metrics.json"
+        payload.write_text('{"mean_iou": 0.5}')
+        with mlflow.start_run(experiment_id=exp) as run:
+            mlflow.log_artifact(str(payload), artifact_path="eval")
+        got = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="eval/metrics.json", dst_path=str(tmp_path / "dl")
+        )
+        assert Path(got).read_text() == '{"mean_iou": 0.5}'
+        keys = [o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket)["Contents"]]
+        assert any(k.startswith("mlflow/") and k.endswith("eval/metrics.json") for k in keys)
+    finally:
+        mlflow.set_tracking_uri("")
