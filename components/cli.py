@@ -8,10 +8,13 @@ Errors the user can fix print one line and exit with status 2, without a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger("pix2pixhd")
@@ -165,6 +168,57 @@ def _cmd_edit(args: argparse.Namespace) -> dict:
     )
 
 
+def _pipeline_settings(args: argparse.Namespace):
+    from pipelines.dag import ClusterSettings
+
+    kwargs = {
+        k: getattr(args, k)
+        for k in ("image", "gpu_image", "gpus", "s3_secret", "s3_endpoint", "mlflow_uri")
+        if getattr(args, k, None) is not None
+    }
+    kwargs.update(num_nodes=args.nodes, engine=args.engine, namespace=args.namespace)
+    return ClusterSettings(**kwargs)
+
+
+def _pipeline_arguments(items: list[str] | None) -> dict:
+    import yaml
+
+    from model.errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--arg {item!r}: expected NAME=VALUE, e.g. --arg niter_global=10")
+        name, text = item.split("=", 1)
+        out[name.strip()] = yaml.safe_load(text) if text else ""
+    return out
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> dict:
+    from pipelines import dag
+
+    params = args.params or dag.ROOT / "params.yaml"
+    if not Path(params).is_file():
+        from model.errors import ConfigError
+
+        raise ConfigError(f"{params}: no such params file")
+    if args.pipeline_command == "compile":
+        path = dag.compile_pipeline(params, args.out, _pipeline_settings(args))
+        return {"compiled": str(path)}
+    arguments = _pipeline_arguments(args.arg)
+    if args.pipeline_command == "run":
+        return dag.run_local(params, args.pipeline_root.resolve(), arguments)
+    return dag.submit(
+        args.host,
+        params,
+        arguments,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        settings=_pipeline_settings(args),
+        namespace=args.kfp_namespace,
+    )
+
+
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -176,7 +230,7 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
 def _add_params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--params",
-        type=Path,
+        type=_location,
         default=None,
         help="params.yaml (default: the built-in paper defaults)",
     )
@@ -223,6 +277,11 @@ def _cmd_boundaries(args: argparse.Namespace) -> dict:
     return boundaries.run(data=args.data, out=args.out, layout=args.layout, workers=args.workers)
 
 
+def _location(text: str) -> Path | str:
+    """A local path, or an ``s3://`` URI kept as text (staged by ``components.storage``)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -258,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read official pix2pixHD checkpoints, infer the architecture from tensor "
         "shapes, load them strictly and write one checkpoint of this project's format.",
     )
-    p.add_argument("--generator", type=Path, required=True, help="latest_net_G.pth")
-    p.add_argument("--encoder", type=Path, help="latest_net_E.pth (models with instance features)")
-    p.add_argument("--discriminator", type=Path, help="latest_net_D.pth (to resume training)")
+    p.add_argument("--generator", type=_location, required=True, help="latest_net_G.pth")
+    p.add_argument(
+        "--encoder", type=_location, help="latest_net_E.pth (models with instance features)"
+    )
+    p.add_argument("--discriminator", type=_location, help="latest_net_D.pth (to resume training)")
     p.add_argument(
         "--label-nc",
         type=int,
@@ -272,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the model was trained without instance boundary maps",
     )
-    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--out", type=_location, required=True, help="checkpoint file to write")
     p.set_defaults(func=_cmd_import_checkpoint)
 
     p = sub.add_parser(
@@ -281,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate one PNG per label map (same stem, native size).",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="a checkpoint (runs in PyTorch)")
-    src.add_argument("--onnx", type=Path, help="an exported model (runs in onnxruntime)")
-    p.add_argument("--labels", type=Path, required=True, help="directory of label-id PNGs")
-    p.add_argument("--instances", type=Path, help="directory of instance-id PNGs")
+    src.add_argument("--checkpoint", type=_location, help="a checkpoint (runs in PyTorch)")
+    src.add_argument("--onnx", type=_location, help="an exported model (runs in onnxruntime)")
+    p.add_argument("--labels", type=_location, required=True, help="directory of label-id PNGs")
+    p.add_argument("--instances", type=_location, help="directory of instance-id PNGs")
     p.add_argument(
-        "--images", type=Path, help="directory of photos to encode instance features from"
+        "--images", type=_location, help="directory of photos to encode instance features from"
     )
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=_location, required=True, help="output directory")
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--seed", type=int, default=0, help="cluster-centre draws (feature models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -303,12 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", choices=["global", "local"], required=True)
     _add_params_args(p)
-    p.add_argument("--data", type=Path, required=True, help="dataset root")
-    p.add_argument("--out", type=Path, required=True, help="output directory (latest.pth ...)")
-    p.add_argument("--init", type=Path, help="global stage checkpoint (stage local)")
+    p.add_argument("--data", type=_location, required=True, help="dataset root")
+    p.add_argument("--out", type=_location, required=True, help="output directory (latest.pth ...)")
+    p.add_argument("--init", type=_location, help="global stage checkpoint (stage local)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.pth")
-    p.add_argument("--boundaries", type=Path, help="precomputed boundary maps (optional)")
-    p.add_argument("--data-summary", type=Path, help="validate's summary.json (dataset hash)")
+    p.add_argument("--boundaries", type=_location, help="precomputed boundary maps (optional)")
+    p.add_argument("--data-summary", type=_location, help="validate's summary.json (dataset hash)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument(
         "--tracking-uri",
@@ -325,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode every training instance with E, cluster per class (k-means) and "
         "write OUT/model.pth with the cluster centres.",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=_location, required=True)
+    p.add_argument("--data", type=_location, required=True)
+    p.add_argument("--out", type=_location, required=True)
     _add_params_args(p)
     p.set_defaults(func=_cmd_features)
 
@@ -342,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         "set: load that published PSPNet instead), freeze it, and score it on the val "
         "photos (the oracle row).",
     )
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=_location, required=True)
+    p.add_argument("--out", type=_location, required=True)
     _add_params_args(p)
     p.set_defaults(func=_cmd_segmenter, command="segmenter train")
 
@@ -353,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the val split, segment generated and real photos, write "
         "pixel accuracy / mean IoU and per-class IoU, register the generator in MLflow.",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--segmenter", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data-summary", type=Path, help="validate's summary.json (dataset hash)")
+    p.add_argument("--checkpoint", type=_location, required=True)
+    p.add_argument("--segmenter", type=_location, required=True)
+    p.add_argument("--data", type=_location, required=True)
+    p.add_argument("--out", type=_location, required=True)
+    p.add_argument("--data-summary", type=_location, help="validate's summary.json (dataset hash)")
     p.add_argument("--no-tracking", action="store_true", help="no MLflow run, no registration")
     p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
     _add_tracking_args(p)
@@ -371,11 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
         "champion only if it beats the current one by promote.min_delta (the first model "
         "always does); otherwise the reason is recorded on the version.",
     )
-    p.add_argument("--registration", type=Path, help="evaluate's registration.json")
+    p.add_argument("--registration", type=_location, help="evaluate's registration.json")
     p.add_argument("--model-name", help="default: evaluate.model_name")
     p.add_argument("--version", help="default: the newest version")
     p.add_argument("--min-delta", type=float, default=None, help="default: promote.min_delta")
-    p.add_argument("--out", type=Path, help="write the decision as JSON here")
+    p.add_argument("--out", type=_location, help="write the decision as JSON here")
     _add_tracking_args(p)
     _add_params_args(p)
     p.set_defaults(func=_cmd_promote)
@@ -387,12 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(+ instance ids, + features); check it against PyTorch with onnxruntime; write an "
         "fp16 copy for GPU serving; log it to MLflow (onnx flavour).",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="model.onnx to write")
+    p.add_argument("--checkpoint", type=_location, required=True)
+    p.add_argument("--out", type=_location, required=True, help="model.onnx to write")
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 copy")
     p.add_argument(
         "--registration",
-        type=Path,
+        type=_location,
         help="evaluate's registration.json: tag that version with the ONNX model",
     )
     p.add_argument("--no-tracking", action="store_true")
@@ -408,14 +469,53 @@ def build_parser() -> argparse.ArgumentParser:
         "and the README) to one label/instance map pair and generate before/after images; "
         "--samples K renders K variations with other cluster centres.",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--labels", type=Path, required=True, help="one label-id PNG")
-    p.add_argument("--instances", type=Path, required=True, help="its instance-id PNG")
-    p.add_argument("--edits", type=Path, help="EDITS.json (none: just render / sample)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=_location, required=True)
+    p.add_argument("--labels", type=_location, required=True, help="one label-id PNG")
+    p.add_argument("--instances", type=_location, required=True, help="its instance-id PNG")
+    p.add_argument("--edits", type=_location, help="EDITS.json (none: just render / sample)")
+    p.add_argument("--out", type=_location, required=True)
     p.add_argument("--samples", type=int, default=0, help="variations to render (K)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_edit)
+
+    pipe = sub.add_parser(
+        "pipeline",
+        help="the Kubeflow pipeline: compile, run locally, submit",
+        description="The same steps as one kfp v2 DAG. compile writes the IR YAML; run "
+        "executes the whole DAG here with kfp.local; submit sends it to a Kubeflow "
+        "Pipelines endpoint. Pipeline parameters: --arg NAME=VALUE (dataset_uri, "
+        "num_train, num_val, width, height, ngf, niter_global, niter_decay_global, "
+        "niter_local, niter_decay_local, min_delta, segmenter_weights, tracking_uri, "
+        "overrides=[section.key=value, ...]).",
+    )
+    pipe_sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    compile_p = pipe_sub.add_parser("compile", help="write the pipeline IR YAML")
+    compile_p.add_argument("--out", type=Path, default=Path("pipeline.yaml"))
+    run_p = pipe_sub.add_parser("run", help="run the whole DAG on this machine (kfp.local)")
+    run_p.add_argument("--local", action="store_true", required=True, help="(required)")
+    run_p.add_argument(
+        "--pipeline-root", type=Path, default=Path("data/kfp"), help="where artifacts go"
+    )
+    submit_p = pipe_sub.add_parser("submit", help="submit a run to Kubeflow Pipelines")
+    submit_p.add_argument("--host", required=True, help="KFP API endpoint URL")
+    submit_p.add_argument("--experiment", default="pix2pixhd")
+    submit_p.add_argument("--run-name", default=None)
+    submit_p.add_argument("--kfp-namespace", default=None, help="multi-user: profile namespace")
+    for q in (compile_p, run_p, submit_p):
+        q.add_argument("--params", type=Path, default=None, help="default: the repo's params.yaml")
+        q.set_defaults(func=_cmd_pipeline, command=f"pipeline {q.prog.split()[-1]}")
+    for q in (run_p, submit_p):
+        q.add_argument("--arg", action="append", metavar="NAME=VALUE", help="pipeline parameter")
+    for q in (compile_p, submit_p):
+        q.add_argument("--image", help="CPU step image")
+        q.add_argument("--gpu-image", help="CUDA training image")
+        q.add_argument("--gpus", type=_positive_int, help="GPUs per training pod / node")
+        q.add_argument("--nodes", type=_positive_int, default=1, help="> 1: Trainer job")
+        q.add_argument("--engine", choices=["trainjob", "pytorchjob"], default="trainjob")
+        q.add_argument("--namespace", default="kubeflow", help="where training jobs run")
+        q.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY")
+        q.add_argument("--s3-endpoint", help="AWS_ENDPOINT_URL for every task")
+        q.add_argument("--mlflow-uri", help="MLFLOW_TRACKING_URI for every task")
 
     data = sub.add_parser("data", help="dataset tools (synth)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -424,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="render the bundled street-scene dataset (Cityscapes layout)",
         description="Render procedural street scenes with Cityscapes label and instance ids.",
     )
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_location, required=True)
     p.add_argument("--num-train", type=int, default=200)
     p.add_argument("--num-val", type=int, default=40)
     p.add_argument("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT (default 256x128)")
@@ -438,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a per-sample manifest and validate it; on failure write a report "
         "naming each bad file and exit non-zero; on success write summary.json.",
     )
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=_location, required=True)
     p.add_argument("--layout", choices=layouts, default="auto")
     p.add_argument("--label-nc", type=int, default=None, help="default: data.label_nc")
     p.add_argument("--no-instance-map", action="store_true")
@@ -449,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the configured model's, 2**(n_downsample_global + n_local_enhancers)",
     )
     _add_params_args(p)
-    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--out", type=_location, required=True, help="report directory")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
@@ -457,12 +557,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="precompute instance boundary maps",
         description="Write one boundary PNG per instance map (idempotent, parallel).",
     )
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=_location, required=True)
     p.add_argument("--layout", choices=layouts, default="auto")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_location, required=True)
     p.add_argument("--workers", type=_positive_int, default=None)
     p.set_defaults(func=_cmd_boundaries)
     return parser
+
+
+@contextlib.contextmanager
+def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+    """Arguments with ``s3://`` values replaced by local copies (inputs, fetched first)
+    or temporary paths (``--out``, published after the step succeeds)."""
+    uris = {k: v for k, v in vars(args).items() if isinstance(v, str) and v.startswith("s3://")}
+    if not uris:
+        yield args
+        return
+    from components import storage
+
+    with tempfile.TemporaryDirectory(prefix="pix2pixhd-out-") as tmp:
+        local = argparse.Namespace(**vars(args))
+        outputs: dict[Path, str] = {}
+        for name, uri in uris.items():
+            if name == "out":
+                leaf = storage.S3Uri.parse(uri).key.rstrip("/").rsplit("/", 1)[-1] or "out"
+                local.out = Path(tmp) / leaf
+                outputs[local.out] = uri
+            else:
+                setattr(local, name, storage.fetch(uri))
+        yield local
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # distributed training: rank 0 writes the outputs
+        for path, uri in outputs.items():
+            storage.upload(path, uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,7 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     func: Callable[[argparse.Namespace], dict] = args.func
     try:
-        result = func(args)
+        with _staged(args) as staged:
+            result = func(staged)
     except Pix2PixHDError as exc:
         sys.stderr.write(f"pix2pixhd {args.command}: error: {exc}\n")
         return 2

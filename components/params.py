@@ -103,16 +103,21 @@ def _set(tree: dict[str, Any], assignment: str) -> None:
 
 def load_params(path: Path | None = None, overrides: Sequence[str] = ()) -> Params:
     """Params from a YAML file (only the sections it names) plus overrides."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: no such params file")
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
+    if path is None:
+        return params_from_text("", overrides)
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such params file")
+    return params_from_text(Path(path).read_text(), overrides, str(path))
+
+
+def params_from_text(text: str, overrides: Sequence[str] = (), source: str = "params") -> Params:
+    """Params from YAML text (how the Kubeflow steps receive params.yaml) + overrides."""
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections")
     for assignment in overrides:
         _set(tree, assignment)
     return from_dict(Params, tree)

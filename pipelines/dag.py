@@ -1,0 +1,252 @@
+"""The Kubeflow DAG: the steps of ``dvc.yaml`` as kfp lightweight components, wired by
+their artifacts, with GPU, node and secret settings on the tasks that need them.
+
+``build_pipeline(settings)`` returns the pipeline function; its typed parameters (the
+main params: dataset URI, sizes, epochs, width, promotion threshold) default to the
+values of the params.yaml it was compiled with, which also travels whole as the
+``params_yaml`` constant. ``overrides`` (``section.key=value`` strings) reach everything
+else without recompiling.
+"""
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.params import params_from_text
+from pipelines import steps
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_TASKS = ("train-global", "train-local")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Compile-time settings: images, accelerators, secrets, multi-node training."""
+
+    image: str = "ghcr.io/pix2pixhd-pipeline/pix2pixhd-cpu:latest"
+    gpu_image: str = "ghcr.io/pix2pixhd-pipeline/pix2pixhd-cuda:latest"
+    accelerator: str = "nvidia.com/gpu"
+    gpus: int = 1  # per training pod (or per node with num_nodes > 1)
+    gpu_node_selector: Mapping[str, str] = field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    s3_secret: str = "pix2pixhd-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    s3_endpoint: str = ""  # AWS_ENDPOINT_URL on every task (MinIO / Ceph); empty: AWS
+    mlflow_uri: str = ""  # MLFLOW_TRACKING_URI on every task; empty: the tracking_uri param
+    shm_size: str = "16Gi"
+    num_nodes: int = 1  # > 1: training tasks launch a TrainJob / PyTorchJob and wait
+    engine: str = "trainjob"  # or pytorchjob (Training Operator v1)
+    namespace: str = "kubeflow"
+
+    def distributed(self) -> str:
+        if self.num_nodes <= 1:
+            return json.dumps({"num_nodes": 1, "gpus_per_node": self.gpus})
+        return json.dumps(
+            {
+                "num_nodes": self.num_nodes,
+                "gpus_per_node": self.gpus,
+                "engine": self.engine,
+                "image": self.gpu_image,
+                "namespace": self.namespace,
+                "secret": self.s3_secret,
+            }
+        )
+
+
+def _components(settings: ClusterSettings) -> dict[str, Any]:
+    from kfp import dsl
+
+    def make(fn: Callable[..., None], image: str) -> Any:
+        return dsl.component(fn, base_image=image, install_kfp_package=False)
+
+    gpu = {"train_global", "train_local"} if settings.num_nodes <= 1 else set()
+    names = ["synth", "validate", "boundaries", "train_global", "train_local", "features"]
+    names += ["segmenter", "evaluate", "export", "promote"]
+    return {
+        n: make(getattr(steps, n), settings.gpu_image if n in gpu else settings.image)
+        for n in names
+    }
+
+
+def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
+    from kfp import kubernetes
+
+    if settings.s3_secret:
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=settings.s3_secret,
+            secret_key_to_env={
+                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+            },
+        )
+    if settings.s3_endpoint:
+        task.set_env_variable("AWS_ENDPOINT_URL", settings.s3_endpoint)
+        task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint)
+    if settings.mlflow_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    if gpu:
+        task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)
+        task.set_cpu_request("4").set_memory_request("32G")
+        for key, value in settings.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        kubernetes.add_toleration(
+            task, key=settings.accelerator, operator="Exists", effect="NoSchedule"
+        )
+        kubernetes.empty_dir_mount(
+            task,
+            volume_name="dshm",
+            mount_path="/dev/shm",
+            medium="Memory",
+            size_limit=settings.shm_size,
+        )
+    return task
+
+
+def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) -> Any:
+    """The pipeline function for ``params_yaml`` (text) and the cluster settings."""
+    from kfp import dsl
+
+    settings = settings or ClusterSettings()
+    p = params_from_text(params_yaml, [])  # fail at compile time on a bad params file
+    c = _components(settings)
+    distributed = settings.distributed()
+    d, tg, tl = p.data, p.train_global, p.train_local
+
+    @dsl.pipeline(
+        name="pix2pixhd",
+        description="pix2pixHD: validate, boundaries, two-stage training, features, "
+        "segmentation-based evaluation, ONNX export and registry promotion.",
+    )
+    def pix2pixhd(
+        dataset_uri: str = "",
+        num_train: int = d.num_train,
+        num_val: int = d.num_val,
+        width: int = d.width,
+        height: int = d.height,
+        ngf: int = p.model.generator.ngf,
+        niter_global: int = tg.niter,
+        niter_decay_global: int = tg.niter_decay,
+        niter_local: int = tl.niter,
+        niter_decay_local: int = tl.niter_decay,
+        min_delta: float = p.promote.min_delta,
+        segmenter_weights: str = p.segmenter.weights,
+        tracking_uri: str = "",
+        overrides: list = [],  # noqa: B006 (kfp reads the default as the parameter's)
+    ) -> None:
+        common = {"params_yaml": params_yaml, "overrides": overrides}
+        size = {"width": width, "height": height}
+        synth = c["synth"](
+            **common, dataset_uri=dataset_uri, num_train=num_train, num_val=num_val, **size
+        )
+        validate = c["validate"](**common, **size, data=synth.outputs["data"])
+        bounds = c["boundaries"](**common, data=synth.outputs["data"]).after(validate)
+        train_g = c["train_global"](
+            **common,
+            **size,
+            ngf=ngf,
+            niter=niter_global,
+            niter_decay=niter_decay_global,
+            tracking_uri=tracking_uri,
+            distributed=distributed,
+            data=synth.outputs["data"],
+            boundaries=bounds.outputs["out"],
+            report=validate.outputs["report"],
+        )
+        train_l = c["train_local"](
+            **common,
+            **size,
+            ngf=ngf,
+            niter=niter_local,
+            niter_decay=niter_decay_local,
+            tracking_uri=tracking_uri,
+            distributed=distributed,
+            data=synth.outputs["data"],
+            boundaries=bounds.outputs["out"],
+            report=validate.outputs["report"],
+            global_checkpoint=train_g.outputs["checkpoint"],
+        )
+        feats = c["features"](
+            **common, data=synth.outputs["data"], checkpoint=train_l.outputs["checkpoint"]
+        )
+        seg = c["segmenter"](
+            **common, **size, segmenter_weights=segmenter_weights, data=synth.outputs["data"]
+        )
+        ev = c["evaluate"](
+            **common,
+            tracking_uri=tracking_uri,
+            data=synth.outputs["data"],
+            report=validate.outputs["report"],
+            generator=feats.outputs["model"],
+            segmenter=seg.outputs["model"],
+        )
+        exp = c["export"](
+            **common,
+            tracking_uri=tracking_uri,
+            generator=feats.outputs["model"],
+            evaluation=ev.outputs["evaluation"],
+        )
+        prom = c["promote"](
+            **common,
+            tracking_uri=tracking_uri,
+            min_delta=min_delta,
+            evaluation=ev.outputs["evaluation"],
+        )
+        for task in (synth, validate, bounds, feats, seg, ev, exp, prom):
+            _configure(task, settings, gpu=False)
+        for task in (train_g, train_l):
+            _configure(task, settings, gpu=settings.num_nodes <= 1)
+
+    return pix2pixhd
+
+
+def compile_pipeline(params_file: Path, out: Path, settings: ClusterSettings | None = None) -> Path:
+    from kfp import compiler
+
+    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, package_path=str(out))
+    return out
+
+
+def run_local(
+    params_file: Path, pipeline_root: Path, arguments: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole DAG on this machine with kfp's SubprocessRunner (current environment).
+    Returns each task's state and the output artifact paths."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    settings = ClusterSettings(s3_secret="", gpus=1)
+    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    try:
+        pipeline(**dict(arguments or {}))
+    except RuntimeError as exc:  # kfp.local: "... Inner task failed: 'name'." (log above)
+        from model.errors import Pix2PixHDError
+
+        raise Pix2PixHDError(f"{exc} The task's log is above.") from None
+    return {"pipeline_root": str(pipeline_root), "state": "SUCCEEDED"}
+
+
+def submit(
+    host: str,
+    params_file: Path,
+    arguments: Mapping[str, Any] | None = None,
+    experiment: str = "pix2pixhd",
+    run_name: str | None = None,
+    settings: ClusterSettings | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    import kfp
+
+    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    client = kfp.Client(host=host, namespace=namespace)
+    result = client.create_run_from_pipeline_func(
+        pipeline,
+        arguments=dict(arguments or {}),
+        experiment_name=experiment,
+        run_name=run_name,
+    )
+    return {"run_id": result.run_id, "host": host, "experiment": experiment}

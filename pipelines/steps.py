@@ -1,0 +1,299 @@
+"""The pipeline's steps as kfp lightweight component functions.
+
+Each body is shipped as source to the project image (``base_image``, kfp installed
+there, ``install_kfp_package=False``) and imports the project: it turns its artifacts
+into paths and calls the same ``components.<step>.run`` as the CLI and ``dvc.yaml``.
+No ML logic lives here. Parameters common to all steps: ``params_yaml`` (params.yaml
+as text, baked in at compile time) and ``overrides`` (``section.key=value`` strings,
+applied after the typed pipeline parameters).
+
+(No ``from __future__ import annotations``: kfp reads these annotations at runtime.)
+"""
+
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+
+def synth(
+    params_yaml: str,
+    overrides: list,
+    dataset_uri: str,
+    num_train: int,
+    num_val: int,
+    width: int,
+    height: int,
+    data: Output[Dataset],
+) -> None:
+    """The dataset: renders the bundled street scenes, or fetches ``dataset_uri``
+    (``s3://`` prefix or a path visible to the pod) when one is given."""
+    import shutil
+    from pathlib import Path
+
+    from components import storage
+    from components import synth as step
+    from components.params import params_from_text
+
+    sets = [f"data.num_train={num_train}", f"data.num_val={num_val}"]
+    sets += [f"data.width={width}", f"data.height={height}", *overrides]
+    p = params_from_text(params_yaml, sets)
+    out = Path(data.path)
+    if dataset_uri.startswith("s3://"):
+        storage.download(dataset_uri, out)
+    elif dataset_uri:
+        shutil.copytree(dataset_uri, out)
+    else:
+        d = p.data
+        step.run(out, d.num_train, d.num_val, d.width, d.height, d.seed)
+    data.metadata["source"] = dataset_uri or "bundled synthetic street scenes"
+
+
+def validate(
+    params_yaml: str,
+    overrides: list,
+    width: int,
+    height: int,
+    data: Input[Dataset],
+    report: Output[Artifact],
+) -> None:
+    """Great Expectations validation; fails the run on a bad dataset."""
+    from pathlib import Path
+
+    from components import validate as step
+    from components.params import params_from_text, stage_model_config
+
+    p = params_from_text(params_yaml, [f"data.width={width}", f"data.height={height}", *overrides])
+    cfg = stage_model_config(p, "local")
+    summary = step.run(
+        Path(data.path),
+        Path(report.path),
+        p.data.layout,
+        cfg.label_nc,
+        cfg.use_instance_map,
+        cfg.generator.size_multiple,
+    )
+    report.metadata["samples"] = int(summary.get("samples", 0))
+
+
+def boundaries(
+    params_yaml: str, overrides: list, data: Input[Dataset], out: Output[Dataset]
+) -> None:
+    """Instance boundary maps, precomputed once for both training stages."""
+    from pathlib import Path
+
+    from components import boundaries as step
+    from components.params import params_from_text
+
+    p = params_from_text(params_yaml, list(overrides))
+    step.run(Path(data.path), Path(out.path), p.data.layout)
+
+
+def train_global(
+    params_yaml: str,
+    overrides: list,
+    width: int,
+    height: int,
+    ngf: int,
+    niter: int,
+    niter_decay: int,
+    tracking_uri: str,
+    distributed: str,
+    data: Input[Dataset],
+    boundaries: Input[Dataset],
+    report: Input[Artifact],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+) -> None:
+    """The global generator stage (GPU task; multi-node: a TrainJob, see pipelines.launcher)."""
+    from pipelines.launcher import train_task
+
+    sets = [f"data.width={width}", f"data.height={height}", f"model.generator.ngf={ngf}"]
+    sets += [f"train_global.niter={niter}", f"train_global.niter_decay={niter_decay}"]
+    result = train_task(
+        "global",
+        params_yaml,
+        [*sets, *overrides],
+        data,
+        boundaries,
+        report,
+        None,
+        checkpoint,
+        tracking_uri,
+        distributed,
+    )
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+
+
+def train_local(
+    params_yaml: str,
+    overrides: list,
+    width: int,
+    height: int,
+    ngf: int,
+    niter: int,
+    niter_decay: int,
+    tracking_uri: str,
+    distributed: str,
+    data: Input[Dataset],
+    boundaries: Input[Dataset],
+    report: Input[Artifact],
+    global_checkpoint: Input[Model],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+) -> None:
+    """The joint local-enhancer stage, initialised from the global generator."""
+    from pipelines.launcher import train_task
+
+    sets = [f"data.width={width}", f"data.height={height}", f"model.generator.ngf={ngf}"]
+    sets += [f"train_local.niter={niter}", f"train_local.niter_decay={niter_decay}"]
+    result = train_task(
+        "local",
+        params_yaml,
+        [*sets, *overrides],
+        data,
+        boundaries,
+        report,
+        global_checkpoint,
+        checkpoint,
+        tracking_uri,
+        distributed,
+    )
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+
+
+def features(
+    params_yaml: str,
+    overrides: list,
+    data: Input[Dataset],
+    checkpoint: Input[Model],
+    model: Output[Model],
+) -> None:
+    """Encode instance features and cluster them per class (k-means)."""
+    from pathlib import Path
+
+    from components import features as step
+    from components.params import params_from_text
+
+    p = params_from_text(params_yaml, list(overrides))
+    ckpt = Path(checkpoint.path) / "latest.pth"
+    step.run(ckpt, Path(data.path), Path(model.path), p.features, p.data.layout)
+
+
+def segmenter(
+    params_yaml: str,
+    overrides: list,
+    width: int,
+    height: int,
+    segmenter_weights: str,
+    data: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> None:
+    """The frozen evaluation segmenter: trained here, or loaded from published
+    ``segmenter_weights`` (path or s3:// URI)."""
+    from pathlib import Path
+
+    from components import segmenter as step
+    from components.params import params_from_text
+
+    sets = [f"data.width={width}", f"data.height={height}", *overrides]
+    if segmenter_weights:
+        sets.append(f"segmenter.weights={segmenter_weights}")
+    p = params_from_text(params_yaml, sets)
+    summary = step.run(Path(data.path), Path(model.path), p.segmenter, width, height, p.data.layout)
+    for k in ("val_real_pixel_accuracy", "val_real_mean_iou"):
+        if summary.get(k) is not None:
+            metrics.log_metric(k, float(summary[k]))
+
+
+def evaluate(
+    params_yaml: str,
+    overrides: list,
+    tracking_uri: str,
+    data: Input[Dataset],
+    report: Input[Artifact],
+    generator: Input[Model],
+    segmenter: Input[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+) -> None:
+    """Segmentation scores of generated vs real images; registers the generator."""
+    from pathlib import Path
+
+    from components import evaluate as step
+    from components.params import params_from_text
+
+    p = params_from_text(params_yaml, list(overrides))
+    result = step.run(
+        checkpoint=Path(generator.path) / "model.pth",
+        segmenter=Path(segmenter.path) / "segmenter.pth",
+        data=Path(data.path),
+        out=Path(evaluation.path),
+        params=p.evaluate,
+        layout=p.data.layout,
+        tracking_uri=tracking_uri or None,
+        orchestrator="kfp",
+        experiment=p.tracking.experiment,
+        data_summary=Path(report.path) / "summary.json",
+    )
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+
+
+def export(
+    params_yaml: str,
+    overrides: list,
+    tracking_uri: str,
+    generator: Input[Model],
+    evaluation: Input[Artifact],
+    onnx_model: Output[Model],
+) -> None:
+    """The whole generator as one ONNX graph (+ fp16 copy), logged beside the version."""
+    from pathlib import Path
+
+    from components import export as step
+    from components.params import params_from_text
+
+    p = params_from_text(params_yaml, list(overrides))
+    out = Path(onnx_model.path)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = step.run(
+        checkpoint=Path(generator.path) / "model.pth",
+        out=out / "model.onnx",
+        tracking_uri=tracking_uri or None,
+        registration=Path(evaluation.path) / "registration.json",
+        experiment=p.tracking.experiment,
+        orchestrator="kfp",
+    )
+    onnx_model.metadata["max_abs_diff_vs_torch"] = float(summary["max_abs_diff_vs_torch"])
+
+
+def promote(
+    params_yaml: str,
+    overrides: list,
+    tracking_uri: str,
+    min_delta: float,
+    evaluation: Input[Artifact],
+    decision: Output[Artifact],
+) -> None:
+    """Move the `champion` alias to this version if it beats the champion."""
+    import json
+    from pathlib import Path
+
+    from components import registry
+    from components.params import params_from_text
+
+    p = params_from_text(params_yaml, [f"promote.min_delta={min_delta}", *overrides])
+    reg = json.loads((Path(evaluation.path) / "registration.json").read_text())
+    result = registry.promote(
+        reg["name"],
+        str(reg["version"]),
+        p.promote.metric,
+        p.promote.min_delta,
+        tracking_uri or None,
+    )
+    Path(decision.path).write_text(json.dumps(result, indent=2) + "\n")
+    decision.metadata["promoted"] = bool(result.get("promoted"))

@@ -1,0 +1,61 @@
+"""Static checks of infra/: what the Dockerfiles copy exists and pins the same torch as
+setup.cfg; the kustomize resources exist, parse, and reference only declared secrets."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import yaml
+
+from components.params import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dockerfiles_copy_existing_paths_and_pin_setup_cfg_torch():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    pins = dict(
+        re.match(r"\s*([\w-]+)==([\w.]+)", line).groups()
+        for line in cfg["options"]["install_requires"].splitlines()
+        if "==" in line
+    )
+    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (ROOT / "infra" / "docker" / name).read_text()
+        for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+            for path in src.split():
+                assert (ROOT / path).exists(), f"{name}: COPY {path} does not exist"
+        assert f"torch=={pins['torch']}" in text and f"torchvision=={pins['torchvision']}" in text
+        assert "'.[mlops]'" in text  # kfp in the image: components skip installing it
+
+
+def test_kustomize_resources_exist_and_parse():
+    base = ROOT / "infra" / "k8s" / "base"
+    kust = yaml.safe_load((base / "kustomization.yaml").read_text())
+    secrets = {
+        d["metadata"]["name"]: set(d["stringData"])
+        for d in yaml.safe_load_all((ROOT / "infra/k8s/secrets.example.yaml").read_text())
+    }
+    kinds = set()
+    for res in kust["resources"]:
+        for doc in yaml.safe_load_all((base / res).read_text()):
+            assert doc["apiVersion"] and doc["metadata"]["name"]
+            kinds.add((doc["kind"], doc["metadata"]["name"]))
+            for ref in re.findall(
+                r"secretKeyRef: \{name: ([\w-]+), key: (\w+)\}", (base / res).read_text()
+            ):
+                assert ref[1] in secrets[ref[0]], f"{res}: {ref} not in the secret template"
+    assert {("Deployment", "mlflow"), ("StatefulSet", "postgres"), ("Deployment", "minio")} <= kinds
+    overlay = yaml.safe_load(
+        (ROOT / "infra/k8s/overlays/gpu-cluster/kustomization.yaml").read_text()
+    )
+    assert (ROOT / "infra/k8s/overlays/gpu-cluster" / overlay["resources"][0]).resolve() == base
+
+
+def test_paper_scale_params_file_is_valid_and_paper_sized():
+    p = load_params(ROOT / "params.cityscapes.yaml")
+    assert (p.data.width, p.data.height) == (2048, 1024)
+    assert p.model.generator.n_blocks_global == 9 and p.model.discriminator.ndf == 64
+    assert (p.train_global.niter, p.train_local.niter_fix_global) == (100, 10)

@@ -1,0 +1,211 @@
+"""The Kubeflow pipeline: compiled IR against dvc.yaml, GPU settings, Trainer manifests
+checked with the official API models, and a whole local kfp run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.cli import main
+from pipelines import trainjob
+from pipelines.dag import ClusterSettings, compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dvc_edges() -> tuple[set[str], set[tuple[str, str]]]:
+    """Stages and (upstream, downstream) edges of dvc.yaml, derived the way DVC does:
+    a stage depends on the stage whose output path contains (or is) one of its deps."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def outputs(spec: dict) -> list[str]:
+        paths = []
+        for key in ("outs", "metrics", "plots"):
+            for item in spec.get(key, []):
+                paths.append(next(iter(item)) if isinstance(item, dict) else item)
+        return paths
+
+    owners = {path: name for name, spec in stages.items() for path in outputs(spec)}
+    edges = set()
+    for name, spec in stages.items():
+        for dep in spec.get("deps", []):
+            for path, owner in owners.items():
+                if dep == path or dep.startswith(path + "/") or path.startswith(dep + "/"):
+                    edges.add((owner, name))
+    return set(stages), edges
+
+
+def test_dvc_cmds_declare_every_data_path_they_use():
+    # the edges above are only the real data flow if each cmd's data/ paths are declared
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, spec in stages.items():
+        declared = set(spec.get("deps", []))
+        for key in ("outs", "metrics", "plots"):
+            declared |= {next(iter(i)) if isinstance(i, dict) else i for i in spec.get(key, [])}
+        used = {w for w in spec["cmd"].split() if w.startswith("data/")}
+        missing = {
+            u
+            for u in used
+            if not any(u == d or u.startswith(d + "/") or d.startswith(u + "/") for d in declared)
+        }
+        assert not missing, f"stage {name}: {missing} used in cmd but not declared"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
+    compile_pipeline(
+        ROOT / "params.yaml", out, ClusterSettings(gpus=2, s3_endpoint="http://s3:9000")
+    )
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+def test_compiled_dag_equals_dvc_yaml(compiled):
+    assert len(compiled) == 2  # the pipeline spec + the kfp-kubernetes platform spec
+    tasks = compiled[0]["root"]["dag"]["tasks"]
+    kfp_edges = {
+        (up.replace("-", "_"), name.replace("-", "_"))
+        for name, task in tasks.items()
+        for up in task.get("dependentTasks", [])
+    }
+    stages, edges = dvc_edges()
+    assert {t.replace("-", "_") for t in tasks} == stages
+    assert kfp_edges == edges
+
+
+def test_gpus_only_on_training_tasks(compiled):
+    executors = compiled[0]["deploymentSpec"]["executors"]
+    platform = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, ex in executors.items():
+        container = ex["container"]
+        acc = (container.get("resources") or {}).get("accelerator")
+        k8s = platform.get(name, {})
+        if name in ("exec-train-global", "exec-train-local"):
+            assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "2"
+            assert container["image"].endswith("pix2pixhd-cuda:latest")
+            assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+            assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+            assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+        else:
+            assert acc is None and "tolerations" not in k8s and "nodeSelector" not in k8s
+            assert container["image"].endswith("pix2pixhd-cpu:latest")
+        # every task: S3 credentials from the secret, the endpoint as plain env
+        keys = {e["envVar"] for e in k8s["secretAsEnv"][0]["keyToEnv"]}
+        assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:9000"
+        # lightweight components that import the project, kfp not pip-installed at run time
+        assert "pip install" not in " ".join(container["command"])
+
+
+def test_pipeline_parameters_default_to_params_yaml(compiled):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    inputs = compiled[0]["root"]["inputDefinitions"]["parameters"]
+    assert inputs["width"]["defaultValue"] == params["data"]["width"]
+    assert inputs["niter_global"]["defaultValue"] == params["train_global"]["niter"]
+    assert inputs["min_delta"]["defaultValue"] == params["promote"]["min_delta"]
+    assert inputs["dataset_uri"]["defaultValue"] == ""
+
+
+def test_multi_node_training_tasks_are_cpu_launchers(tmp_path):
+    out = tmp_path / "p.yaml"
+    compile_pipeline(ROOT / "params.yaml", out, ClusterSettings(num_nodes=2, gpus=8))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    for ex in docs[0]["deploymentSpec"]["executors"].values():
+        assert (ex["container"].get("resources") or {}).get("accelerator") is None
+    dist = json.loads(
+        docs[0]["root"]["dag"]["tasks"]["train-global"]["inputs"]["parameters"]["distributed"][
+            "runtimeValue"
+        ]["constant"]
+    )
+    assert dist["num_nodes"] == 2 and dist["gpus_per_node"] == 8
+
+
+def _spec() -> trainjob.JobSpec:
+    args = ["train", "--stage", "local", "--data", "s3://b/data", "--out", "s3://b/ckpt"]
+    return trainjob.JobSpec(
+        name="p2phd-local-1a2b",
+        image="registry/pix2pixhd-cuda:1.0",
+        args=args,
+        num_nodes=2,
+        gpus_per_node=8,
+        env={"AWS_ENDPOINT_URL": "http://s3:9000"},
+        secret_env="pix2pixhd-s3",
+    )
+
+
+def test_trainjob_manifest_2x8_round_trips_through_the_api_models():
+    from kubeflow_trainer_api.models.trainer_v1alpha1_train_job import TrainerV1alpha1TrainJob
+
+    manifest = trainjob.render(_spec(), "trainjob")
+    model = TrainerV1alpha1TrainJob.from_dict(manifest)  # unknown fields are dropped
+    assert model.to_dict() == manifest  # so equality means every field is a CRD field
+    trainer = manifest["spec"]["trainer"]
+    assert manifest["spec"]["runtimeRef"] == {"name": "torch-distributed"}
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 8
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    assert trainer["command"] == ["pix2pixhd"] and trainer["args"][:3] == [
+        "train",
+        "--stage",
+        "local",
+    ]
+    secret = [e for e in trainer["env"] if "valueFrom" in e]
+    assert {e["name"] for e in secret} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "testing" not in json.dumps(manifest)  # no credential values in the manifest
+
+
+def test_pytorchjob_manifest_2x8_round_trips_through_the_api_models():
+    from kubeflow.training import ApiClient
+
+    manifest = trainjob.render(_spec(), "pytorchjob")
+    api = ApiClient()
+    obj = api._ApiClient__deserialize(manifest, "KubeflowOrgV1PyTorchJob")
+    assert api.sanitize_for_serialization(obj) == manifest
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
+    assert manifest["spec"]["nprocPerNode"] == "8"
+    pod = replicas["Worker"]["template"]
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pod["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"
+
+
+def test_job_state_from_conditions():
+    running = {"status": {"conditions": [{"type": "Created", "status": "True"}]}}
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    not_yet = {"status": {"conditions": [{"type": "Failed", "status": "False"}]}}
+    assert trainjob.job_state(running) is None and trainjob.job_state(not_yet) is None
+    assert trainjob.job_state(done) == "Succeeded" and trainjob.job_state(failed) == "Failed"
+    with pytest.raises(ValueError, match="DNS-1123"):
+        trainjob.JobSpec(name="Bad_Name", image="i", args=[])
+
+
+def test_local_kfp_run_of_the_tiny_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the cwd
+    root = tmp_path / "root"
+    args = ["pipeline", "run", "--local", "--pipeline-root", str(root)]
+    for a in (
+        "num_train=4",
+        "num_val=2",
+        "width=128",
+        "height=64",
+        "niter_global=1",
+        "niter_decay_global=0",
+        "niter_local=1",
+        "niter_decay_local=0",
+        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        'overrides=["segmenter.epochs=1", "train_local.niter_fix_global=0"]',
+    ):
+        args += ["--arg", a]
+    assert main(args) == 0
+    run = next(root.iterdir())
+    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
+    assert 0.0 <= metrics["generated"]["mean_iou"] <= 1.0
+    assert metrics["registered"]["version"] == "1"
+    onnx_file = run / "export" / "onnx_model" / "model.onnx"
+    assert onnx_file.stat().st_size > 10_000
+    decision = json.loads((run / "promote" / "decision").read_text())
+    assert decision["promoted"] is True  # the first model always becomes champion
