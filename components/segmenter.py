@@ -96,10 +96,16 @@ def run(
     model = PSPNet(pspnet_config(params))
     start = time.perf_counter()
     if params.weights:
-        load_pspnet_state(model, _torch_load(params.weights), params.weights)
+        weights = params.weights
+        if weights.startswith("s3://"):
+            from components import storage
+
+            weights = str(storage.fetch(weights))
+        load_pspnet_state(model, _torch_load(weights), params.weights)
         history: list[dict[str, float]] = []
     else:
-        crop = (params.train_crop, params.train_crop) if params.train_crop else None
+        side = min(params.train_crop, width, height)  # never larger than the images
+        crop = (side, side) if params.train_crop else None
         ds = PairedDataset(train, 35, width, height, crop=crop, flip=True, seed=params.seed)
         history = _train(model, ds, params)
     model.eval()

@@ -121,11 +121,11 @@ def _inspect(
             )
     if sizes and use_instance_map is not None:
         w, h = next(iter(sizes.values()))
-        if w < multiple or h < multiple:
+        if w < 2 * multiple or h < 2 * multiple:  # see model.encoding.check_size
             row["size_usable"] = False
             row["reasons"].append(
                 f"{s.label or s.image}: {w}x{h} is smaller than the model's minimum "
-                f"{multiple}x{multiple}"
+                f"{2 * multiple}x{2 * multiple}"
             )
     return row
 

@@ -75,7 +75,9 @@ def _surrounding_label(label: np.ndarray, mask: np.ndarray) -> int:
     ring[:, 1:] |= mask[:, :-1]
     ring[:, :-1] |= mask[:, 1:]
     ring &= ~mask
-    values = label[ring] if ring.any() else label[~mask]
+    own = label[mask]
+    ring &= ~np.isin(label, np.unique(own))  # not the object's class (a touching neighbour)
+    values = label[ring] if ring.any() else label[~mask & ~np.isin(label, np.unique(own))]
     if values.size == 0:
         raise InputError("cannot remove the only object in the map without a 'fill' label")
     return int(np.bincount(values.astype(np.int64)).argmax())

@@ -45,15 +45,18 @@ def check_label_range(label: torch.Tensor, label_nc: int) -> None:
 
 
 def nearest_valid_size(size: int, multiple: int) -> int:
-    return max(multiple, int(round(size / multiple)) * multiple)
+    return max(2 * multiple, int(round(size / multiple)) * multiple)
 
 
 def check_size(height: int, width: int, multiple: int) -> None:
-    """The generator needs H and W divisible by 2**(n_downsample_global + n_local_enhancers)."""
-    if height % multiple or width % multiple or height < multiple or width < multiple:
+    """The generator needs H and W divisible by 2**(n_downsample_global + n_local_enhancers)
+    and at least twice that: the residual blocks' reflection padding needs a bottleneck of
+    2 x 2 pixels or more (the reference fails there with a padding error)."""
+    small = height < 2 * multiple or width < 2 * multiple
+    if height % multiple or width % multiple or small:
         raise InputError(
             f"image size {width}x{height} (WxH) does not fit the generator: width and height "
-            f"must be multiples of {multiple}; nearest valid size is "
+            f"must be multiples of {multiple}, at least {2 * multiple}; nearest valid size is "
             f"{nearest_valid_size(width, multiple)}x{nearest_valid_size(height, multiple)}"
         )
 

@@ -55,6 +55,13 @@ def test_averaged_gradients_equal_one_batch_of_both_ranks_samples(tmp_path):
     Trainer(single, ListDataset(2), tc, tmp_path / "single", torch.device("cpu")).fit()
     expected = _grads(single)
     assert set(expected) == set(a["grads"])
+    scale = max(float(g.abs().max()) for g in expected.values())
     for k, g in expected.items():
         assert torch.equal(a["grads"][k], b["grads"][k]), k
-        torch.testing.assert_close(a["grads"][k], g, rtol=1e-3, atol=1e-6)
+        # float32 sums in another order (2 processes vs a batch of 2) leave noise of
+        # ~1e-6; conv biases before InstanceNorm have gradients of that size (the norm
+        # cancels them), so the tolerance is relative to the largest gradient overall
+        torch.testing.assert_close(a["grads"][k], g, rtol=1e-3, atol=1e-4 * scale)
+    flat_a = torch.cat([a["grads"][k].flatten() for k in expected])
+    flat_e = torch.cat([g.flatten() for g in expected.values()])
+    assert float((flat_a - flat_e).norm() / flat_e.norm()) < 1e-4

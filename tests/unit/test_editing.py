@@ -46,6 +46,14 @@ def test_relabel_region_and_remove_and_add():
     assert (r.label[LABEL == 8] == 26).all() and (r.instance[LABEL == 8] == 26002).all()
 
 
+def test_remove_fills_with_the_surroundings_not_a_touching_neighbour_of_its_class():
+    # a person (24001) in a group: 3 of its 4 neighbours are another person, 1 is sidewalk
+    label = np.array([[8, 8, 8], [24, 24, 24], [24, 24, 24]])
+    inst = np.array([[8, 8, 8], [24000, 24001, 24000], [24000, 24000, 24000]])
+    r = apply_edits(label, inst, {"edits": [{"op": "remove", "instance": 24001}]}, 35)
+    assert r.label[1, 1] == 8 and r.instance[1, 1] == 8
+
+
 def test_style_choice_recorded():
     r = edit({"op": "style", "instance": 26001, "cluster": 2})
     assert r.cluster_choice == {26001: 2}

@@ -54,6 +54,11 @@ def test_one_hot_and_channel_order():
 
 
 def test_bad_size_names_nearest_valid_size():
-    with pytest.raises(InputError, match=r"multiples of 16; nearest valid size is 96x48"):
+    expected = r"multiples of 16, at least 32; nearest valid size is 96x48"
+    with pytest.raises(InputError, match=expected):
         check_size(50, 100, 16)
     check_size(48, 96, 16)
+    # a 1-pixel bottleneck cannot be reflection-padded: too small, not just misaligned
+    with pytest.raises(InputError, match=r"at least 32; nearest valid size is 32x32"):
+        check_size(16, 32, 16)
+    check_size(32, 32, 16)
