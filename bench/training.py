@@ -2,11 +2,11 @@
 
 Sizes 256x128, 512x256, 1024x512; paper widths (ngf 64, 9 blocks, ndf 64, 2 D scales,
 VGG loss with random weights of the real shape) and the demo widths of params.yaml;
-fp32, bf16 autocast, and fp32 + channels_last. Each case runs in its own process so
-its peak RSS is its own.
+fp32, bf16 autocast, fp32 + channels_last and fp32 + torch.compile. Each case runs in
+its own process so its peak RSS is its own.
 
 Usage: python bench/training.py [--repeats N] [--sizes 256x128,512x256,1024x512]
-       [--widths demo,paper] [--variants fp32,bf16,fp32+channels_last]
+       [--widths demo,paper] [--variants fp32,bf16,fp32+channels_last,fp32+compile]
 bf16 autocast is emulated on CPUs without AVX512-BF16/AMX and then runs ~40x slower:
 measure it at the small size first.
 """
@@ -29,6 +29,7 @@ VARIANTS = {
     "fp32": dict(precision="fp32", channels_last=False),
     "bf16": dict(precision="bf16", channels_last=False),
     "fp32+channels_last": dict(precision="fp32", channels_last=True),
+    "fp32+compile": dict(precision="fp32", channels_last=False, compile=True),
 }
 
 
@@ -57,6 +58,7 @@ def one(width: str, size: str, variant: str, repeats: int, threads: int) -> dict
     tc = TrainConfig(
         precision=var["precision"],
         channels_last=var["channels_last"],
+        compile=var.get("compile", False),
         log_every=0,
         sample_every=0,
         checkpoint_every=0,
@@ -65,7 +67,9 @@ def one(width: str, size: str, variant: str, repeats: int, threads: int) -> dict
     label = torch.randint(0, 35, (1, 1, h, w))
     batch = {"label": label, "instance": label.clone(), "image": torch.rand(1, 3, h, w) * 2 - 1}
     batch = trainer._to_device(batch)
-    trainer.train_step(batch)  # warm-up
+    t0 = time.perf_counter()
+    trainer.train_step(batch)  # warm-up (with torch.compile: the compilation)
+    first_s = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -77,6 +81,7 @@ def one(width: str, size: str, variant: str, repeats: int, threads: int) -> dict
         "variant": variant,
         "seconds_per_iteration": min(times),
         "all": [round(t, 3) for t in times],
+        "first_step_s": round(first_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

@@ -46,7 +46,8 @@ class TrainConfig:
     seed: int = 0
     precision: Precision = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile G, D and E (each network, so G and D steps stay apart)
+    compile_backend: str = "inductor"
     num_workers: int = 0
     checkpoint_every: int = 1000  # iterations (0: only at epoch ends)
     log_every: int = 100  # iterations between loss logs
@@ -173,7 +174,12 @@ class Trainer:
         )
         self._step_fn: Callable[..., Any] = model.compute_losses
         if cfg.compile:
-            self._step_fn = torch.compile(model.compute_losses)
+            # compile the networks, not compute_losses: one compiled graph for the whole
+            # step would share saved tensors between the G and the D backward passes.
+            # nn.Module.compile() keeps the state_dict keys (no `_orig_mod.` prefix).
+            for net in (model.netG, model.netD, getattr(model, "netE", None)):
+                if net is not None:
+                    net.compile(backend=cfg.compile_backend)
         if self.dist.enabled:
             for p in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(p.data, 0)
@@ -311,7 +317,8 @@ class Trainer:
             values = {
                 k: float(v.detach()) for k, v in {**out.generator, **out.discriminator}.items()
             }
-            values["G_total"], values["D_total"] = float(loss_g), float(loss_d)
+            values["G_total"] = float(loss_g.detach())
+            values["D_total"] = float(loss_d.detach())
             return values
         return None
 
