@@ -31,6 +31,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/training.py --variants fp32,fp32+channels_last
+	$(BIN)/python bench/ort_vs_torch.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
