@@ -241,12 +241,18 @@ def submit(
 ) -> dict[str, Any]:
     import kfp
 
+    from model.errors import Pix2PixHDError
+
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
-    client = kfp.Client(host=host, namespace=namespace)
-    result = client.create_run_from_pipeline_func(
-        pipeline,
-        arguments=dict(arguments or {}),
-        experiment_name=experiment,
-        run_name=run_name,
-    )
+    try:
+        client = kfp.Client(host=host, namespace=namespace)
+        result = client.create_run_from_pipeline_func(
+            pipeline,
+            arguments=dict(arguments or {}),
+            experiment_name=experiment,
+            run_name=run_name,
+        )
+    except Exception as exc:  # connection, auth, unknown parameter: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Pix2PixHDError(f"cannot submit to {host}: {first[:300]}") from None
     return {"run_id": result.run_id, "host": host, "experiment": experiment}

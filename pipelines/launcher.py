@@ -59,6 +59,44 @@ def train_args(
 def train_task(
     stage: str,
     params_yaml: str,
+    overrides: list[str],
+    main_params: dict[str, int],
+    data: Any,
+    boundaries: Any,
+    report: Any,
+    init: Any,
+    checkpoint: Any,
+    metrics: Any,
+    tracking_uri: str,
+    distributed: str,
+) -> dict[str, Any]:
+    """Run one training stage for a kfp task (the typed pipeline parameters in
+    ``main_params``, then ``overrides``); logs and returns the step's metrics."""
+    m, section = main_params, f"train_{stage}"
+    sets = [f"data.width={m['width']}", f"data.height={m['height']}"]
+    sets += [f"model.generator.ngf={m['ngf']}", f"{section}.niter={m['niter']}"]
+    sets += [f"{section}.niter_decay={m['niter_decay']}", *overrides]
+    result = _train(
+        stage,
+        params_yaml,
+        sets,
+        data,
+        boundaries,
+        report,
+        init,
+        checkpoint,
+        tracking_uri,
+        distributed,
+    )
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+    return result
+
+
+def _train(
+    stage: str,
+    params_yaml: str,
     sets: list[str],
     data: Any,
     boundaries: Any,
@@ -68,7 +106,6 @@ def train_task(
     tracking_uri: str,
     distributed: str,
 ) -> dict[str, Any]:
-    """Run one training stage for a kfp task; returns the step's metrics."""
     dist = json.loads(distributed) if distributed else {}
     nodes, gpus = int(dist.get("num_nodes", 1)), int(dist.get("gpus_per_node", 1))
     out = Path(checkpoint.path)

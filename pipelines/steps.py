@@ -105,23 +105,27 @@ def train_global(
     """The global generator stage (GPU task; multi-node: a TrainJob, see pipelines.launcher)."""
     from pipelines.launcher import train_task
 
-    sets = [f"data.width={width}", f"data.height={height}", f"model.generator.ngf={ngf}"]
-    sets += [f"train_global.niter={niter}", f"train_global.niter_decay={niter_decay}"]
-    result = train_task(
+    main = {
+        "width": width,
+        "height": height,
+        "ngf": ngf,
+        "niter": niter,
+        "niter_decay": niter_decay,
+    }
+    train_task(
         "global",
         params_yaml,
-        [*sets, *overrides],
+        overrides,
+        main,
         data,
         boundaries,
         report,
         None,
         checkpoint,
+        metrics,
         tracking_uri,
         distributed,
     )
-    for k, v in result.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            metrics.log_metric(k, float(v))
 
 
 def train_local(
@@ -144,23 +148,27 @@ def train_local(
     """The joint local-enhancer stage, initialised from the global generator."""
     from pipelines.launcher import train_task
 
-    sets = [f"data.width={width}", f"data.height={height}", f"model.generator.ngf={ngf}"]
-    sets += [f"train_local.niter={niter}", f"train_local.niter_decay={niter_decay}"]
-    result = train_task(
+    main = {
+        "width": width,
+        "height": height,
+        "ngf": ngf,
+        "niter": niter,
+        "niter_decay": niter_decay,
+    }
+    train_task(
         "local",
         params_yaml,
-        [*sets, *overrides],
+        overrides,
+        main,
         data,
         boundaries,
         report,
         global_checkpoint,
         checkpoint,
+        metrics,
         tracking_uri,
         distributed,
     )
-    for k, v in result.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            metrics.log_metric(k, float(v))
 
 
 def features(

@@ -209,3 +209,12 @@ def test_local_kfp_run_of_the_tiny_configuration(tmp_path, monkeypatch):
     assert onnx_file.stat().st_size > 10_000
     decision = json.loads((run / "promote" / "decision").read_text())
     assert decision["promoted"] is True  # the first model always becomes champion
+
+
+def test_submit_and_arg_errors_are_one_line(capsys):
+    # nothing listens on port 9 of loopback: a refused connection, no traceback
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot submit to http://127.0.0.1:9" in err and "Traceback" not in err
+    assert main(["pipeline", "run", "--local", "--arg", "width"]) == 2
+    assert "--arg 'width': expected NAME=VALUE" in capsys.readouterr().err
