@@ -489,8 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides=[section.key=value, ...]).",
     )
     pipe_sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
-    compile_p = pipe_sub.add_parser("compile", help="write the pipeline IR YAML")
-    compile_p.add_argument("--out", type=Path, default=Path("pipeline.yaml"))
+    compile_p = pipe_sub.add_parser(
+        "compile",
+        help="write the pipeline IR YAML",
+        description="Write the kfp v2 IR YAML (two documents: the pipeline and its "
+        "kfp-kubernetes settings) for upload to Kubeflow Pipelines.",
+    )
+    compile_p.add_argument(
+        "--out", type=Path, default=Path("pipeline.yaml"), help="default: pipeline.yaml"
+    )
     run_p = pipe_sub.add_parser("run", help="run the whole DAG on this machine (kfp.local)")
     run_p.add_argument("--local", action="store_true", required=True, help="(required)")
     run_p.add_argument(
@@ -507,14 +514,29 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (run_p, submit_p):
         q.add_argument("--arg", action="append", metavar="NAME=VALUE", help="pipeline parameter")
     for q in (compile_p, submit_p):
-        q.add_argument("--image", help="CPU step image")
-        q.add_argument("--gpu-image", help="CUDA training image")
-        q.add_argument("--gpus", type=_positive_int, help="GPUs per training pod / node")
-        q.add_argument("--nodes", type=_positive_int, default=1, help="> 1: Trainer job")
-        q.add_argument("--engine", choices=["trainjob", "pytorchjob"], default="trainjob")
+        q.add_argument("--image", help="image of the CPU steps (default: pix2pixhd-cpu:latest)")
+        q.add_argument(
+            "--gpu-image", help="image of the training steps (default: pix2pixhd-cuda:latest)"
+        )
+        q.add_argument("--gpus", type=_positive_int, help="GPUs per training pod / node (1)")
+        q.add_argument(
+            "--nodes",
+            type=_positive_int,
+            default=1,
+            help="training nodes; > 1 runs each training stage as a Kubeflow Trainer job (1)",
+        )
+        q.add_argument(
+            "--engine",
+            choices=["trainjob", "pytorchjob"],
+            default="trainjob",
+            help="multi-node engine: Trainer v2 TrainJob or Training Operator v1 PyTorchJob",
+        )
         q.add_argument("--namespace", default="kubeflow", help="where training jobs run")
-        q.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY")
-        q.add_argument("--s3-endpoint", help="AWS_ENDPOINT_URL for every task")
+        q.add_argument(
+            "--s3-secret",
+            help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (pix2pixhd-s3)",
+        )
+        q.add_argument("--s3-endpoint", help="AWS_ENDPOINT_URL for every task (none: AWS)")
         q.add_argument("--mlflow-uri", help="MLFLOW_TRACKING_URI for every task")
 
     data = sub.add_parser("data", help="dataset tools (synth)")
