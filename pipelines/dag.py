@@ -9,6 +9,7 @@ else without recompiling.
 """
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,10 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     settings = ClusterSettings(s3_secret="", gpus=1)
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    # expected here, once per task: the project image is this environment, and cluster
+    # resources do not apply to local subprocesses
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task")
+    warnings.filterwarnings("ignore", message=r"Task '.*': settings \[")
     try:
         pipeline(**dict(arguments or {}))
     except RuntimeError as exc:  # kfp.local: "... Inner task failed: 'name'." (log above)
