@@ -218,3 +218,36 @@ def test_submit_and_arg_errors_are_one_line(capsys):
     assert "cannot submit to http://127.0.0.1:9" in err and "Traceback" not in err
     assert main(["pipeline", "run", "--local", "--arg", "width"]) == 2
     assert "--arg 'width': expected NAME=VALUE" in capsys.readouterr().err
+
+
+class FakeCustomObjects:
+    """Stands in for the Kubernetes CustomObjectsApi: the job completes on the 3rd poll."""
+
+    def __init__(self, final="Complete"):
+        self.created, self.polls, self.final = [], 0, final
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append((group, version, namespace, plural, body))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.polls += 1
+        done = [{"type": self.final, "status": "True"}] if self.polls >= 3 else []
+        return {"status": {"conditions": [{"type": "Created", "status": "True"}, *done]}}
+
+
+@pytest.mark.parametrize("engine", ["trainjob", "pytorchjob"])
+def test_launch_creates_the_job_and_waits_for_it(monkeypatch, engine):
+    from kubernetes import client, config
+
+    fake = FakeCustomObjects("Complete" if engine == "trainjob" else "Succeeded")
+    monkeypatch.setattr(config, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda: fake)
+    assert trainjob.launch(_spec(), engine, poll_s=0)["state"] == "Succeeded"
+    group, version, namespace, plural, body = fake.created[0]
+    expected = trainjob.TRAINJOB if engine == "trainjob" else trainjob.PYTORCHJOB
+    assert (group, version, plural) == expected[:3] and namespace == "kubeflow"
+    assert body == trainjob.render(_spec(), engine) and fake.polls == 3
+    failing = FakeCustomObjects("Failed")
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda: failing)
+    with pytest.raises(RuntimeError, match="p2phd-local-1a2b failed"):
+        trainjob.launch(_spec(), engine, poll_s=0)
