@@ -603,7 +603,8 @@ def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
         for name, uri in uris.items():
             if name == "out":
                 leaf = storage.S3Uri.parse(uri).key.rstrip("/").rsplit("/", 1)[-1] or "out"
-                local.out = Path(tmp) / leaf
+                local.out = Path(tmp) / "out" / leaf
+                local.out.parent.mkdir()
                 outputs[local.out] = uri
             else:
                 setattr(local, name, storage.fetch(uri))
@@ -611,7 +612,10 @@ def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
         if int(os.environ.get("RANK", "0")) != 0:
             return  # distributed training: rank 0 writes the outputs
         for path, uri in outputs.items():
-            storage.upload(path, uri)
+            if path.is_file():  # a file output and what the step wrote beside it
+                storage.upload(path.parent, uri.rstrip("/").rsplit("/", 1)[0])
+            else:  # a directory output: its tree under the prefix
+                storage.upload(path, uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

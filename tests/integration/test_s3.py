@@ -92,6 +92,22 @@ def test_cli_reads_and_writes_s3(s3, capsys):
     assert f"s3://{bucket}/missing: no such object or prefix" in capsys.readouterr().err
 
 
+def test_file_output_is_published_with_what_the_step_wrote_beside_it(s3):
+    import argparse
+
+    from components.cli import _staged
+
+    _, bucket = s3
+    args = argparse.Namespace(out=f"s3://{bucket}/models/v1/model.onnx", checkpoint=Path("x"))
+    with _staged(args) as local:
+        assert local.checkpoint == Path("x") and local.out.name == "model.onnx"
+        local.out.write_bytes(b"onnx")
+        (local.out.parent / "model_fp16.onnx").write_bytes(b"fp16")
+    keys = {o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {"models/v1/model.onnx", "models/v1/model_fp16.onnx"} <= keys
+    assert storage.fetch(f"s3://{bucket}/models/v1/model.onnx").read_bytes() == b"onnx"
+
+
 def _env(server: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
