@@ -168,3 +168,51 @@ def test_edit_errors_exit_2(exported, tmp_path, capsys):
         ]
     )
     assert code == 2 and "cluster 7 is out of range: class 3 has 2" in capsys.readouterr().err
+
+
+def test_edit_style_from_a_reference_photo(exported, tmp_path, capsys):
+    import json
+
+    _, _, ckpt, _ = exported
+    lab = np.full((24, 40), 2, np.uint8)
+    lab[8:16, 4:20] = 3
+    inst = lab.astype(np.uint16)
+    inst[8:16, 4:20] = 3000
+    Image.fromarray(lab).save(tmp_path / "l.png")
+    Image.fromarray(inst).save(tmp_path / "i.png")
+    Image.fromarray(inst).save(tmp_path / "ref_inst.png")  # the reference: same layout
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):  # two reference photos with different textures
+        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(
+            tmp_path / f"ref_{name}.png"
+        )
+
+    def run(ref: str, out: str, photo_instance: int = 3000) -> int:
+        edit = {"op": "style", "instance": 3000, "photo": f"ref_{ref}.png"}
+        edit.update(photo_instances="ref_inst.png", photo_instance=photo_instance)
+        (tmp_path / f"{out}.json").write_text(json.dumps({"edits": [edit]}))
+        return main(
+            [
+                "edit",
+                "--checkpoint",
+                str(ckpt),
+                "--labels",
+                str(tmp_path / "l.png"),
+                "--instances",
+                str(tmp_path / "i.png"),
+                "--edits",
+                str(tmp_path / f"{out}.json"),
+                "--out",
+                str(tmp_path / out),
+            ]
+        )
+
+    assert run("a", "a1") == 0 and run("a", "a2") == 0 and run("b", "b1") == 0
+    after = {k: np.asarray(Image.open(tmp_path / k / "after.png")) for k in ("a1", "a2", "b1")}
+    before = np.asarray(Image.open(tmp_path / "a1" / "before.png"))
+    assert np.array_equal(after["a1"], after["a2"])  # deterministic
+    assert (after["a1"] != after["b1"]).any()  # the photo's feature is used
+    assert (after["a1"] != before).any()  # and replaces the cluster centre
+    capsys.readouterr()
+    assert run("a", "bad", photo_instance=3005) == 2
+    assert "no instance 3005" in capsys.readouterr().err

@@ -82,3 +82,18 @@ def test_mask_of_the_wrong_size():
             {"op": "add", "mask": "m.png", "label": "car"},
             load_mask=lambda path: np.ones((2, 2), bool),
         )
+
+
+def test_style_from_a_reference_photo_uses_the_encoded_feature():
+    photo = {"op": "style", "instance": 26000, "photo": "p.png"}
+    photo.update(photo_instances="pi.png", photo_instance=26004)
+    seen = []
+
+    def encode(edit):
+        seen.append(edit["photo_instance"])
+        return np.array([0.1, 0.2, 0.3])
+
+    r = edit(photo, encode_reference=encode)
+    assert seen == [26004] and np.array_equal(r.feature_override[26000], [0.1, 0.2, 0.3])
+    with pytest.raises(InputError, match="this model has no feature encoder"):
+        edit(photo)
