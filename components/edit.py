@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.generate import Generator, generate_batch
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
 from model.errors import InputError
@@ -80,6 +81,7 @@ def run(
     encoder = encode_reference if cfg.use_instance_features else None
     result = apply_edits(label, inst, doc, cfg.label_nc, load_mask, centres, encoder)
     out.mkdir(parents=True, exist_ok=True)
+    gen = Generator.from_model(model, centres, torch.device("cpu"))
 
     def render(
         lab: np.ndarray,
@@ -88,21 +90,15 @@ def run(
         choice: dict[int, int],
         override: dict[int, np.ndarray],
     ) -> np.ndarray:
-        lt, it = label_to_tensor(lab)[None], label_to_tensor(ins)[None]
-        feats = None
+        sample = {"label": label_to_tensor(lab), "instance": label_to_tensor(ins)}
         if cfg.use_instance_features:
             g = torch.Generator().manual_seed(gen_seed)
-            feats = features_from_clusters(it, centres, cfg.encoder.feat_num, g, choice)
+            it = sample["instance"][None]
+            feats = features_from_clusters(it, centres, cfg.encoder.feat_num, g, choice)[0]
             for inst_id, vec in override.items():
-                feats[0, :, it[0, 0] == inst_id] = torch.from_numpy(vec).float()[:, None]
-        m = cfg.generator.size_multiple
-        h, w = lab.shape
-        ph, pw = -(-h // m) * m - h, -(-w // m) * m - w
-        pad = lambda t: torch.nn.functional.pad(t.double(), (0, pw, 0, ph), mode="replicate")  # noqa: E731
-        fake = model.generate(
-            pad(lt).long(), pad(it).long(), features=None if feats is None else pad(feats).float()
-        )
-        return tensor_to_rgb(fake[0, :, :h, :w])
+                feats[:, it[0, 0] == inst_id] = torch.from_numpy(vec).float()[:, None]
+            sample["features"] = feats
+        return tensor_to_rgb(generate_batch(gen, [sample])[0])
 
     before = render(label, inst, seed, {}, {})
     after = render(

@@ -33,6 +33,7 @@ from model.image_io import (
     tensor_to_rgb,
     write_png,
 )
+from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,13 @@ class Generator:
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> Generator:
         ckpt = load_checkpoint(path)
-        model = build_model(ckpt).eval().to(device)
+        return cls.from_model(build_model(ckpt), ckpt.get("cluster_centers"), device)
+
+    @classmethod
+    def from_model(
+        cls, model: Pix2PixHD, cluster_centers: dict | None, device: torch.device
+    ) -> Generator:
+        model = model.eval().to(device)
         cfg = model.cfg
 
         def fn(label, inst, image, features):
@@ -138,7 +145,7 @@ class Generator:
             with autocast:
                 return model.generate(label, inst, image=image, features=features).float()
 
-        centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
+        centres = {int(k): v for k, v in (cluster_centers or {}).items()}
         return cls(
             cfg.label_nc,
             cfg.use_instance_map,
@@ -202,7 +209,9 @@ def generate_batch(
     batch: list[dict[str, torch.Tensor]],
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Generate one batch of same-size samples at their native size."""
+    """Generate one batch of same-size samples at their native size. A sample's
+    ``features`` (feat_num x H x W) are used as given; otherwise they are encoded from
+    its ``image``, else drawn from the cluster centres."""
     h, w = batch[0]["label"].shape[-2:]
     m = gen.size_multiple
     ph, pw = -(-h // m) * m, -(-w // m) * m
@@ -213,8 +222,8 @@ def generate_batch(
         return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(gen.device)
 
     label, inst, image = stack("label"), stack("instance"), stack("image")
-    features = None
-    if gen.use_instance_features and image is None:
+    features = stack("features")
+    if gen.use_instance_features and image is None and features is None:
         features = features_from_clusters(inst.cpu(), gen.centres, gen.feat_num, generator)
         features = features.to(gen.device)
     fake = gen.fn(label, inst, image, features)
