@@ -599,23 +599,24 @@ def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
 
     with tempfile.TemporaryDirectory(prefix="pix2pixhd-out-") as tmp:
         local = argparse.Namespace(**vars(args))
-        outputs: dict[Path, str] = {}
+        fetched: dict[str, Path] = {}  # --labels and --instances often name one prefix
         for name, uri in uris.items():
-            if name == "out":
-                leaf = storage.S3Uri.parse(uri).key.rstrip("/").rsplit("/", 1)[-1] or "out"
-                local.out = Path(tmp) / "out" / leaf
-                local.out.parent.mkdir()
-                outputs[local.out] = uri
-            else:
-                setattr(local, name, storage.fetch(uri))
+            if name != "out":
+                if uri not in fetched:
+                    fetched[uri] = storage.fetch(uri)
+                setattr(local, name, fetched[uri])
+        out_uri = uris.get("out")
+        if out_uri is not None:
+            leaf = storage.S3Uri.parse(out_uri).key.rstrip("/").rsplit("/", 1)[-1] or "out"
+            local.out = Path(tmp) / "out" / leaf
+            local.out.parent.mkdir()
         yield local
-        if int(os.environ.get("RANK", "0")) != 0:
-            return  # distributed training: rank 0 writes the outputs
-        for path, uri in outputs.items():
-            if path.is_file():  # a file output and what the step wrote beside it
-                storage.upload(path.parent, uri.rstrip("/").rsplit("/", 1)[0])
-            else:  # a directory output: its tree under the prefix
-                storage.upload(path, uri)
+        if out_uri is None or int(os.environ.get("RANK", "0")) != 0:
+            return  # nothing to publish; in distributed training rank 0 publishes
+        if local.out.is_file():  # a file output and what the step wrote beside it
+            storage.upload(local.out.parent, out_uri.rstrip("/").rsplit("/", 1)[0])
+        else:  # a directory output: its tree under the prefix
+            storage.upload(local.out, out_uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

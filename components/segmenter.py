@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from components import storage
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
@@ -96,11 +97,7 @@ def run(
     model = PSPNet(pspnet_config(params))
     start = time.perf_counter()
     if params.weights:
-        weights = params.weights
-        if weights.startswith("s3://"):
-            from components import storage
-
-            weights = str(storage.fetch(weights))
+        weights = storage.localize(params.weights)
         load_pspnet_state(model, _torch_load(weights), params.weights)
         history: list[dict[str, float]] = []
     else:

@@ -187,3 +187,8 @@ def fetch(uri: str, cache: Path | None = None) -> Path:
     if dest.is_dir():
         shutil.rmtree(dest)
     return download(uri, dest)
+
+
+def localize(location: str | Path) -> Path:
+    """A local path for a path or an ``s3://`` URI (fetched into the cache)."""
+    return fetch(location) if is_s3(location) else Path(location)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from components import storage
 from components.params import Params, flatten, stage_model_config, stage_size
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import (
@@ -143,12 +144,7 @@ def run(
                 "--set tracking.vgg_weights=/path/vgg19-dcbb9e9d.pth, or turn the loss off "
                 "with --set model.loss.use_vgg_loss=false"
             )
-        weights = params.tracking.vgg_weights
-        if weights.startswith("s3://"):
-            from components import storage
-
-            weights = storage.fetch(weights)
-        vgg = load_vgg19_state_dict(weights)
+        vgg = load_vgg19_state_dict(storage.localize(params.tracking.vgg_weights))
 
     torch.manual_seed(tcfg.seed)
     model = Pix2PixHD(cfg, with_discriminator=True, vgg_state_dict=vgg)

@@ -165,3 +165,21 @@ def test_mlflow_artifact_round_trip(s3, tmp_path, monkeypatch):
         assert any(k.startswith("mlflow/") and k.endswith("eval/metrics.json") for k in keys)
     finally:
         mlflow.set_tracking_uri("")
+
+
+def test_two_arguments_naming_one_prefix_fetch_it_once(s3, tmp_path, monkeypatch):
+    import argparse
+
+    from components.cli import _staged
+
+    _, bucket = s3
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "a.png").write_bytes(b"png")
+    storage.upload(tmp_path / "maps", f"s3://{bucket}/val")
+    calls = []
+    real_fetch = storage.fetch
+    monkeypatch.setattr(storage, "fetch", lambda uri: calls.append(uri) or real_fetch(uri))
+    uri = f"s3://{bucket}/val/"
+    with _staged(argparse.Namespace(labels=uri, instances=uri)) as local:
+        assert local.labels == local.instances and (local.labels / "a.png").read_bytes() == b"png"
+    assert calls == [uri]
