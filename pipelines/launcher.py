@@ -13,10 +13,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -109,23 +107,37 @@ def _train(
     dist = json.loads(distributed) if distributed else {}
     nodes, gpus = int(dist.get("num_nodes", 1)), int(dist.get("gpus_per_node", 1))
     out = Path(checkpoint.path)
-    if nodes > 1:
-        return _train_job(
-            stage, params_yaml, sets, data, boundaries, report, init, checkpoint, tracking_uri, dist
-        )
-    init_path = str(Path(init.path) / "latest.pth") if init is not None else None
+    if nodes > 1:  # the job's pods read and write the artifacts in object storage
+        if not s3_uri(checkpoint.uri).startswith("s3://"):
+            raise RuntimeError(
+                f"multi-node training needs artifacts in object storage; got {checkpoint.uri}"
+            )
+
+        def where(artifact: Any) -> str:
+            return s3_uri(artifact.uri)
+
+        out_arg = where(checkpoint) + "/job"
+    else:
+
+        def where(artifact: Any) -> str:
+            return str(artifact.path)
+
+        out_arg = str(out)
     args = train_args(
         stage,
         params_yaml,
         sets,
-        data.path,
-        boundaries.path,
-        str(Path(report.path) / "summary.json"),
-        init_path,
-        str(out),
+        where(data),
+        where(boundaries),
+        where(report) + "/summary.json",
+        where(init) + "/latest.pth" if init is not None else None,
+        out_arg,
         tracking_uri,
     )
-    if gpus > 1:  # every GPU of this pod: torchrun, same command
+    if nodes > 1:
+        _run_job(stage, args, dist)
+        storage.download(out_arg + "/", out)  # what the job wrote, into the kfp artifact
+    elif gpus > 1:  # every GPU of this pod: torchrun, same command
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd += [f"--nproc-per-node={gpus}", "-m", "components.cli", *args]
         subprocess.run(cmd, check=True)
@@ -138,37 +150,9 @@ def _train(
     return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
-def _train_job(
-    stage: str,
-    params_yaml: str,
-    sets: list[str],
-    data: Any,
-    boundaries: Any,
-    report: Any,
-    init: Any,
-    checkpoint: Any,
-    tracking_uri: str,
-    dist: dict[str, Any],
-) -> dict[str, Any]:
+def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:
     from pipelines import trainjob
 
-    out_uri = s3_uri(checkpoint.uri)
-    if not out_uri.startswith("s3://"):
-        raise RuntimeError(
-            f"multi-node training needs artifacts in object storage; got {checkpoint.uri}"
-        )
-    init_uri = s3_uri(init.uri) + "/latest.pth" if init is not None else None
-    args = train_args(
-        stage,
-        params_yaml,
-        sets,
-        s3_uri(data.uri),
-        s3_uri(boundaries.uri),
-        s3_uri(report.uri) + "/summary.json",
-        init_uri,
-        out_uri + "/job",
-        tracking_uri,
-    )
     env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI") if k in os.environ}
     name = re.sub(r"[^a-z0-9-]", "-", f"p2phd-{stage}-{uuid.uuid4().hex[:8]}")
     spec = trainjob.JobSpec(
@@ -182,8 +166,3 @@ def _train_job(
         secret_env=dist.get("secret", ""),
     )
     trainjob.launch(spec, dist.get("engine", "trainjob"))
-    with tempfile.TemporaryDirectory() as tmp:  # the job wrote to object storage
-        storage.download(out_uri + "/job/", Path(tmp) / "job")
-        shutil.copytree(Path(tmp) / "job", checkpoint.path, dirs_exist_ok=True)
-    metrics = Path(checkpoint.path) / "metrics.json"
-    return json.loads(metrics.read_text()) if metrics.is_file() else {}

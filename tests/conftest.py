@@ -36,3 +36,32 @@ def tiny_cfg() -> ModelConfig:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# S3: a real S3 protocol server (moto's) on loopback, and a fresh bucket per test
+@pytest.fixture(scope="module")
+def s3_server():
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("PIX2PIXHD_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PIX2PIXHD_CACHE", str(tmp_path / "cache"))
+    bucket = f"b{abs(hash(str(tmp_path))) % 10**8}"
+    from components import storage
+
+    storage.client().create_bucket(Bucket=bucket)
+    return s3_server, bucket

@@ -1,4 +1,4 @@
-"""S3 I/O against a real S3 protocol server on loopback (moto's server, started here):
+"""S3 I/O against a real S3 protocol server on loopback (moto's server, started in conftest):
 boto3 staging through the CLI, clear errors, a DVC push/pull and an MLflow artifact
 round trip."""
 
@@ -16,33 +16,6 @@ from PIL import Image
 from components import storage
 from components.cli import main
 from model.errors import InputError
-
-pytest.importorskip("moto")
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("PIX2PIXHD_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("PIX2PIXHD_CACHE", str(tmp_path / "cache"))
-    bucket = f"b{abs(hash(str(tmp_path))) % 10**8}"
-    storage.client().create_bucket(Bucket=bucket)
-    return s3_server, bucket
 
 
 def test_upload_fetch_round_trip_file_and_tree(s3, tmp_path):

@@ -251,3 +251,50 @@ def test_launch_creates_the_job_and_waits_for_it(monkeypatch, engine):
     monkeypatch.setattr(client, "CustomObjectsApi", lambda: failing)
     with pytest.raises(RuntimeError, match="p2phd-local-1a2b failed"):
         trainjob.launch(_spec(), engine, poll_s=0)
+
+
+def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
+    s3, tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from components import storage
+    from pipelines import launcher
+
+    _, bucket = s3
+
+    def artifact(name: str) -> SimpleNamespace:  # a kfp artifact on Kubeflow's MinIO
+        (tmp_path / name).mkdir()
+        return SimpleNamespace(uri=f"minio://{bucket}/run/{name}", path=str(tmp_path / name))
+
+    data, bounds, report, init, ckpt = (artifact(n) for n in ("d", "b", "r", "g", "c"))
+    jobs = []
+
+    def fake_launch(spec, engine):  # the job: rank 0 writes its checkpoint to --out
+        jobs.append((spec, engine))
+        args = dict(zip(spec.args[1::2], spec.args[2::2], strict=False))
+        (tmp_path / "job").mkdir()
+        (tmp_path / "job" / "latest.pth").write_bytes(b"weights")
+        (tmp_path / "job" / "metrics.json").write_text('{"iterations": 7}')
+        storage.upload(tmp_path / "job", args["--out"])
+        return {"state": "Succeeded"}
+
+    monkeypatch.setattr(trainjob, "launch", fake_launch)
+    metrics = SimpleNamespace(logged={})
+    metrics.log_metric = lambda k, v: metrics.logged.__setitem__(k, v)
+    dist = json.dumps({"num_nodes": 2, "gpus_per_node": 8, "image": "img", "engine": "trainjob"})
+    main_params = {"width": 128, "height": 64, "ngf": 8, "niter": 1, "niter_decay": 0}
+    params = (ROOT / "params.yaml").read_text()
+    launcher.train_task(
+        "local", params, [], main_params, data, bounds, report, init, ckpt, metrics, "", dist
+    )
+    spec, engine = jobs[0]
+    args = dict(zip(spec.args[1::2], spec.args[2::2], strict=False))  # after "train"
+    assert engine == "trainjob" and spec.num_nodes == 2 and spec.gpus_per_node == 8
+    assert args["--data"] == f"s3://{bucket}/run/d"  # minio:// read as S3
+    assert args["--data-summary"] == f"s3://{bucket}/run/r/summary.json"
+    assert args["--init"] == f"s3://{bucket}/run/g/latest.pth"
+    assert args["--out"] == f"s3://{bucket}/run/c/job"
+    assert "data.width=128" in spec.args and "train_local.niter=1" in spec.args
+    assert (tmp_path / "c" / "latest.pth").read_bytes() == b"weights"
+    assert metrics.logged == {"iterations": 7.0}
