@@ -10,6 +10,13 @@ from model.config import (
     LossConfig,
     ModelConfig,
 )
+from tests.servers import (  # noqa: F401 (fixtures: PostgreSQL + MLflow servers)
+    _s3_for_mlflow,
+    mlflow_server,
+    mlflow_uri,
+    postgres,
+    start_mlflow_server,
+)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -39,7 +46,7 @@ def _seed():
 
 
 # S3: a real S3 protocol server (moto's) on loopback, and a fresh bucket per test
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3_server():
     pytest.importorskip("moto")
     from moto.server import ThreadedMotoServer

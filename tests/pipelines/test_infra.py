@@ -59,3 +59,21 @@ def test_paper_scale_params_file_is_valid_and_paper_sized():
     assert (p.data.width, p.data.height) == (2048, 1024)
     assert p.model.generator.n_blocks_global == 9 and p.model.discriminator.ndf == 64
     assert (p.train_global.niter, p.train_local.niter_fix_global) == (100, 10)
+
+
+def test_cluster_mlflow_uses_the_backend_the_tests_run():
+    """The cluster's MLflow server speaks to PostgreSQL through the driver and version
+    that the tracking-server tests use (tests/servers.py)."""
+    from tests.servers import BACKEND_SCHEME
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    dev = dict(
+        re.match(r"\s*([\w\[\]-]+)==([\w.]+)", line).groups()
+        for line in cfg["options.extras_require"]["dev"].splitlines()
+        if "==" in line
+    )
+    docker = (ROOT / "infra/docker/Dockerfile.mlflow").read_text()
+    assert f"psycopg2-binary=={dev['psycopg2-binary']}" in docker
+    manifest = (ROOT / "infra/k8s/base/mlflow.yaml").read_text()
+    assert f'--backend-store-uri "{BACKEND_SCHEME}://' in manifest
