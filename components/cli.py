@@ -46,6 +46,18 @@ def _cmd_generate(args: argparse.Namespace) -> dict:
         images=args.images,
         batch_size=args.batch_size,
         device=args.device,
+        engine=args.engine,
+    )
+
+
+def _add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="onnx: ONNX Runtime on the checkpoint's graph, exported once and cached beside "
+        "it; torch: PyTorch eager; auto (default): onnx unless the work needs PyTorch "
+        "(features encoded from --images, RGB-label models, CUDA without onnxruntime-gpu)",
     )
 
 
@@ -165,6 +177,7 @@ def _cmd_edit(args: argparse.Namespace) -> dict:
         edits=args.edits,
         samples=args.samples,
         seed=args.seed,
+        engine=args.engine,
     )
 
 
@@ -342,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate one PNG per label map (same stem, native size).",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=_location, help="a checkpoint (runs in PyTorch)")
+    src.add_argument("--checkpoint", type=_location, help="a checkpoint")
     src.add_argument("--onnx", type=_location, help="an exported model (runs in onnxruntime)")
+    _add_engine_arg(p)
     p.add_argument("--labels", type=_location, required=True, help="directory of label-id PNGs")
     p.add_argument("--instances", type=_location, help="directory of instance-id PNGs")
     p.add_argument(
@@ -476,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_location, required=True)
     p.add_argument("--samples", type=int, default=0, help="variations to render (K)")
     p.add_argument("--seed", type=int, default=0)
+    _add_engine_arg(p)
     p.set_defaults(func=_cmd_edit)
 
     pipe = sub.add_parser(

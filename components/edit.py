@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.engine import load_generator
 from components.generate import Generator, generate_batch
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
@@ -39,6 +40,7 @@ def run(
     edits: Path | None = None,
     samples: int = 0,
     seed: int = 0,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
@@ -81,7 +83,10 @@ def run(
     encoder = encode_reference if cfg.use_instance_features else None
     result = apply_edits(label, inst, doc, cfg.label_nc, load_mask, centres, encoder)
     out.mkdir(parents=True, exist_ok=True)
-    gen = Generator.from_model(model, centres, torch.device("cpu"))
+    if engine == "torch":
+        gen = Generator.from_model(model, centres, torch.device("cpu"))
+    else:  # ONNX Runtime on the checkpoint's cached graph (features are passed in)
+        gen = load_generator(checkpoint, engine=engine, device="cpu")
 
     def render(
         lab: np.ndarray,
@@ -129,6 +134,6 @@ def run(
                 result.feature_override,
             ),
         )
-    summary = {"edits": result.log, "out": str(out), "samples": samples}
+    summary = {"edits": result.log, "out": str(out), "samples": samples, "engine": gen.engine}
     (out / "edit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

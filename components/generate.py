@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.checkpoint import build_model, load_checkpoint
+from model.encoding import check_label_range, check_size
 from model.errors import InputError
 from model.features import features_from_clusters
 from model.image_io import (
@@ -124,7 +125,9 @@ class Generator:
     size_multiple: int
     centres: dict[int, torch.Tensor]
     fn: Callable[..., torch.Tensor]  # (label, instance, image, features) -> image
-    device: torch.device
+    device: torch.device  # where input tensors go
+    engine: str = "torch"  # torch | onnx
+    where: str = "cpu"  # what runs it: a torch device, or onnxruntime's provider
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> Generator:
@@ -155,27 +158,20 @@ class Generator:
             centres,
             fn,
             device,
+            engine="torch",
+            where=str(device),
         )
 
     @classmethod
-    def from_onnx(cls, path: Path) -> Generator:
-        import onnxruntime as ort
+    def from_onnx(cls, path: Path, device: str = "cpu", threads: int | None = None) -> Generator:
+        from components.engine import make_session
 
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such ONNX file")
-        providers = [
-            p
-            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-            if p in ort.get_available_providers()
-        ]
-        try:
-            session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:
-            raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
+        session = make_session(path, device, threads)
         meta = session.get_modelmeta().custom_metadata_map
         if meta.get("producer") != "pix2pixhd-pipeline":
             raise InputError(f"{path}: not exported by `pix2pixhd export`")
         names = [i.name for i in session.get_inputs()]
+        label_nc, size_multiple = int(meta["label_nc"]), int(meta["size_multiple"])
         raw = json.loads(meta.get("cluster_centers", "{}"))
         centres = {int(k): torch.tensor(v) for k, v in raw.items()}
 
@@ -185,6 +181,8 @@ class Generator:
                     "ONNX models cannot encode features from photos: drop "
                     "--images (features come from the cluster centres)"
                 )
+            check_size(label.shape[-2], label.shape[-1], size_multiple)
+            check_label_range(label, label_nc)  # the graph would one-hot them silently
             feeds = {"label": label.numpy()}
             if "instance" in names:
                 feeds["instance"] = inst.numpy()
@@ -193,14 +191,16 @@ class Generator:
             return torch.from_numpy(session.run(None, feeds)[0])
 
         return cls(
-            int(meta["label_nc"]),
+            label_nc,
             meta["use_instance_map"] == "true",
             meta["use_instance_features"] == "true",
             int(meta["feat_num"]),
-            int(meta["size_multiple"]),
+            size_multiple,
             centres,
             fn,
             torch.device("cpu"),
+            engine="onnx",
+            where=session.get_providers()[0],
         )
 
 
@@ -240,13 +240,15 @@ def run(
     device: str = "auto",
     seed: int = 0,
     onnx: Path | None = None,
+    engine: str = "auto",
 ) -> dict[str, Any]:
-    """Generate one PNG per label map into ``out`` with a checkpoint (PyTorch) or an
-    exported ONNX model (onnxruntime); returns and writes a summary."""
-    if (checkpoint is None) == (onnx is None):
-        raise InputError("give exactly one of --checkpoint and --onnx")
-    dev = resolve_device(device)
-    gen = Generator.from_onnx(onnx) if onnx else Generator.from_checkpoint(checkpoint, dev)
+    """Generate one PNG per label map into ``out`` with a checkpoint or an exported ONNX
+    model, in ONNX Runtime (default; a checkpoint's graph is exported once and cached)
+    or PyTorch (``engine="torch"``; see ``components.engine``); returns and writes a
+    summary."""
+    from components.engine import load_generator
+
+    gen = load_generator(checkpoint, onnx, engine, device, encode_photos=images is not None)
     if gen.use_instance_features and images is None and not gen.centres:
         raise InputError(
             "this model uses instance features: pass --images DIR with the photos to encode "
@@ -283,8 +285,9 @@ def run(
         "images": len(samples),
         "seconds": round(seconds, 3),
         "seconds_per_image": round(seconds / len(samples), 4),
-        "device": str(gen.device),
-        "runtime": "onnxruntime" if onnx else "pytorch",
+        "device": gen.where,
+        "engine": gen.engine,
+        "runtime": "onnxruntime" if gen.engine == "onnx" else "pytorch",
     }
     (out / "generate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(

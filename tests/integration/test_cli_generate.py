@@ -161,6 +161,8 @@ def test_missing_instance_map_is_named(workspace, tmp_path, capsys):
             str(root / "labels"),
             "--instances",
             str(empty),
+            "--engine",
+            "torch",
             "--out",
             str(tmp_path / "o"),
         ]

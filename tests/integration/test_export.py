@@ -77,7 +77,19 @@ def test_generate_with_onnx_equals_pytorch(exported, tmp_path):
         Image.fromarray(inst).save(labels / f"s{i}_gtFine_instanceIds.png")
     common = ["--labels", str(labels), "--instances", str(labels), "--seed", "5"]
     assert (
-        main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pt"), *common]) == 0
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(ckpt),
+                "--engine",
+                "torch",
+                "--out",
+                str(tmp_path / "pt"),
+                *common,
+            ]
+        )
+        == 0
     )
     assert (
         main(
@@ -126,8 +138,14 @@ def test_edit_and_samples(exported, tmp_path):
         "--seed",
         "1",
     ]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0  # ONNX Runtime (the default)
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--engine", "torch", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "a/edit_summary.json").read_text())["engine"] == "onnx"
+    for name in ("before.png", "after.png", "sample_02.png"):  # the engines agree
+        a = np.asarray(Image.open(tmp_path / "a" / name)).astype(int)
+        t = np.asarray(Image.open(tmp_path / "t" / name)).astype(int)
+        assert np.abs(a - t).max() <= 1
     edited = np.asarray(Image.open(tmp_path / "a" / "labels.png"))
     assert (edited[8:16, 14:24] == 4).all() and (edited[8:16, 4:14] == 3).all()
     before = np.asarray(Image.open(tmp_path / "a" / "before.png"))
