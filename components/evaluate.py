@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from components.params import EvaluateParams
 from components.segmenter import load_segmenter
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import build_model, load_checkpoint
@@ -37,14 +37,6 @@ MEAN_IOU_CONVENTION = (
     "mean over classes with TP+FP+FN > 0 (absent and never predicted classes are NaN and "
     "skipped, as the official Cityscapes evaluator does)"
 )
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    model_name: str = "pix2pixhd-generator"  # registered model in the MLflow registry
-    batch_size: int = 4
-    seed: int = 0  # cluster-centre draws for models with instance features
-    samples: int = 4  # rows of the sample grid
 
 
 def _train_id_colours() -> np.ndarray:

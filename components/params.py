@@ -3,6 +3,10 @@ values, ``--set section.key=value`` overrides them. Unknown keys are errors nami
 
 Dataclass defaults are the paper's two-stage Cityscapes recipe; params.yaml holds the
 small CPU demo configuration.
+
+A leaf: this module imports only ``model.config``, ``model.errors`` and yaml (no torch,
+no step module), so validating params and compiling the pipeline stay fast. Every
+section's dataclass lives here or in ``model.config``; the steps import them from here.
 """
 
 from __future__ import annotations
@@ -15,19 +19,17 @@ from typing import Any
 
 import yaml
 
-from components.evaluate import EvaluateParams
-from components.segmenter import SegmenterParams
 from model.config import (
     DiscriminatorConfig,
     EncoderConfig,
+    FeatureConfig,
     GeneratorConfig,
     LossConfig,
     ModelConfig,
+    TrainConfig,
     from_dict,
 )
 from model.errors import ConfigError
-from model.features import FeatureConfig
-from model.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,29 @@ class ModelParams:
     discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(num_D=3))
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass(frozen=True)
+class SegmenterParams:
+    backbone: str = "resnet50"  # resnet50 | resnet101 (published) | light (CPU)
+    weights: str = ""  # a published semseg checkpoint; empty: train one here
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    train_crop: int = 0  # square random training crops (author: 713); 0 = whole image
+    crop: int = 0  # evaluation sliding window (author: 713); 0 = whole image
+    flip: bool = False  # evaluation flip averaging
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    model_name: str = "pix2pixhd-generator"  # registered model in the MLflow registry
+    batch_size: int = 4
+    seed: int = 0  # cluster-centre draws for models with instance features
+    samples: int = 4  # rows of the sample grid
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from components import storage
+from components.params import SegmenterParams
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
@@ -30,21 +30,6 @@ from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
 from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SegmenterParams:
-    backbone: str = "resnet50"  # resnet50 | resnet101 (published) | light (CPU)
-    weights: str = ""  # a published semseg checkpoint; empty: train one here
-    epochs: int = 50
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    train_crop: int = 0  # square random training crops (author: 713); 0 = whole image
-    crop: int = 0  # evaluation sliding window (author: 713); 0 = whole image
-    flip: bool = False  # evaluation flip averaging
 
 
 def pspnet_config(p: SegmenterParams) -> PSPNetConfig:

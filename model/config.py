@@ -16,6 +16,7 @@ from model.errors import ConfigError
 
 GanMode = Literal["ls", "vanilla", "hinge"]
 NormType = Literal["instance", "batch"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,42 @@ class ModelConfig:
     def discriminator_input_nc(self) -> int:
         """D sees the encoded label and an image; never the feature map."""
         return self.label_channels + self.generator.output_nc
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage. Defaults: the paper's global stage (200 epochs)."""
+
+    niter: int = 100  # epochs at the initial learning rate
+    niter_decay: int = 100  # epochs of linear decay to zero
+    niter_fix_global: int = 0  # local stage: epochs that train only the enhancers
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    flip: bool = True
+    seed: int = 0
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False  # torch.compile G, D and E (each network, so G and D steps stay apart)
+    compile_backend: str = "inductor"
+    num_workers: int = 0
+    checkpoint_every: int = 1000  # iterations (0: only at epoch ends)
+    log_every: int = 100  # iterations between loss logs
+    sample_every: int = 1000  # iterations between sample grids (0: never)
+
+    @property
+    def epochs(self) -> int:
+        return self.niter + self.niter_decay
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Instance-feature clustering (k-means per class) after training."""
+
+    n_clusters: int = 10
+    min_area: float = 1.0 / 64  # fraction of the image an instance must cover
+    seed: int = 0
 
 
 # ---------------------------------------------------------------------------

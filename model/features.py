@@ -11,19 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from model.config import FeatureConfig
 from model.pix2pixhd import Pix2PixHD
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    n_clusters: int = 10
-    min_area: float = 1.0 / 64  # fraction of the image an instance must cover
-    seed: int = 0
 
 
 def class_of(instance_id: int) -> int:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,40 +22,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import model_payload, save_checkpoint
-from model.config import to_dict
+from model.config import Precision, TrainConfig, to_dict
 from model.errors import Pix2PixHDError
 from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16", "fp16"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training stage. Defaults: the paper's global stage (200 epochs)."""
-
-    niter: int = 100  # epochs at the initial learning rate
-    niter_decay: int = 100  # epochs of linear decay to zero
-    niter_fix_global: int = 0  # local stage: epochs that train only the enhancers
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 1
-    flip: bool = True
-    seed: int = 0
-    precision: Precision = "fp32"
-    channels_last: bool = False
-    compile: bool = False  # torch.compile G, D and E (each network, so G and D steps stay apart)
-    compile_backend: str = "inductor"
-    num_workers: int = 0
-    checkpoint_every: int = 1000  # iterations (0: only at epoch ends)
-    log_every: int = 100  # iterations between loss logs
-    sample_every: int = 1000  # iterations between sample grids (0: never)
-
-    @property
-    def epochs(self) -> int:
-        return self.niter + self.niter_decay
 
 
 def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:

@@ -5,9 +5,11 @@ their artifacts, with GPU, node and secret settings on the tasks that need them.
 main params: dataset URI, sizes, epochs, width, promotion threshold) default to the
 values of the params.yaml it was compiled with, which also travels whole as the
 ``params_yaml`` constant. ``overrides`` (``section.key=value`` strings) reach everything
-else without recompiling.
+else without recompiling. Which params key each typed parameter sets is defined once,
+in ``pipelines.parameters.PARAM_KEYS``.
 """
 
+import inspect
 import json
 import warnings
 from collections.abc import Callable, Mapping
@@ -17,6 +19,7 @@ from typing import Any
 
 from components.params import params_from_text
 from pipelines import steps
+from pipelines.parameters import PARAM_KEYS, pipeline_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TASKS = ("train-global", "train-local")
@@ -62,13 +65,14 @@ def _components(settings: ClusterSettings) -> dict[str, Any]:
     def make(fn: Callable[..., None], image: str) -> Any:
         return dsl.component(fn, base_image=image, install_kfp_package=False)
 
-    gpu = {"train_global", "train_local"} if settings.num_nodes <= 1 else set()
-    names = ["synth", "validate", "boundaries", "train_global", "train_local", "features"]
-    names += ["segmenter", "evaluate", "export", "promote"]
-    return {
-        n: make(getattr(steps, n), settings.gpu_image if n in gpu else settings.image)
-        for n in names
-    }
+    names = ["synth", "validate", "boundaries", "features", "segmenter", "evaluate"]
+    out = {n: make(getattr(steps, n), settings.image) for n in [*names, "export", "promote"]}
+    train_image = settings.gpu_image if settings.num_nodes <= 1 else settings.image
+    for stage in ("global", "local"):  # one step function, a component (task) per stage
+        component = make(steps.train, train_image)
+        component.component_spec.name = f"train-{stage}"
+        out[f"train_{stage}"] = component
+    return out
 
 
 def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
@@ -114,7 +118,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
     p = params_from_text(params_yaml, [])  # fail at compile time on a bad params file
     c = _components(settings)
     distributed = settings.distributed()
-    d, tg, tl = p.data, p.train_global, p.train_local
+    default = pipeline_defaults(p)
 
     @dsl.pipeline(
         name="pix2pixhd",
@@ -123,17 +127,17 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
     )
     def pix2pixhd(
         dataset_uri: str = "",
-        num_train: int = d.num_train,
-        num_val: int = d.num_val,
-        width: int = d.width,
-        height: int = d.height,
-        ngf: int = p.model.generator.ngf,
-        niter_global: int = tg.niter,
-        niter_decay_global: int = tg.niter_decay,
-        niter_local: int = tl.niter,
-        niter_decay_local: int = tl.niter_decay,
-        min_delta: float = p.promote.min_delta,
-        segmenter_weights: str = p.segmenter.weights,
+        num_train: int = default["num_train"],
+        num_val: int = default["num_val"],
+        width: int = default["width"],
+        height: int = default["height"],
+        ngf: int = default["ngf"],
+        niter_global: int = default["niter_global"],
+        niter_decay_global: int = default["niter_decay_global"],
+        niter_local: int = default["niter_local"],
+        niter_decay_local: int = default["niter_decay_local"],
+        min_delta: float = default["min_delta"],
+        segmenter_weights: str = default["segmenter_weights"],
         tracking_uri: str = "",
         overrides: list = [],  # noqa: B006 (kfp reads the default as the parameter's)
     ) -> None:
@@ -144,30 +148,23 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
         )
         validate = c["validate"](**common, **size, data=synth.outputs["data"])
         bounds = c["boundaries"](**common, data=synth.outputs["data"]).after(validate)
-        train_g = c["train_global"](
+        train = {
             **common,
             **size,
-            ngf=ngf,
-            niter=niter_global,
-            niter_decay=niter_decay_global,
-            tracking_uri=tracking_uri,
-            distributed=distributed,
-            data=synth.outputs["data"],
-            boundaries=bounds.outputs["out"],
-            report=validate.outputs["report"],
-        )
+            "ngf": ngf,
+            "niter_global": niter_global,
+            "niter_decay_global": niter_decay_global,
+            "niter_local": niter_local,
+            "niter_decay_local": niter_decay_local,
+            "tracking_uri": tracking_uri,
+            "distributed": distributed,
+            "data": synth.outputs["data"],
+            "boundaries": bounds.outputs["out"],
+            "report": validate.outputs["report"],
+        }
+        train_g = c["train_global"](stage="global", **train)
         train_l = c["train_local"](
-            **common,
-            **size,
-            ngf=ngf,
-            niter=niter_local,
-            niter_decay=niter_decay_local,
-            tracking_uri=tracking_uri,
-            distributed=distributed,
-            data=synth.outputs["data"],
-            boundaries=bounds.outputs["out"],
-            report=validate.outputs["report"],
-            global_checkpoint=train_g.outputs["checkpoint"],
+            stage="local", **train, global_checkpoint=train_g.outputs["checkpoint"]
         )
         feats = c["features"](
             **common, data=synth.outputs["data"], checkpoint=train_l.outputs["checkpoint"]
@@ -200,6 +197,9 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
         for task in (train_g, train_l):
             _configure(task, settings, gpu=settings.num_nodes <= 1)
 
+    missing = set(PARAM_KEYS) - set(inspect.signature(pix2pixhd.pipeline_func).parameters)
+    if missing:  # the map and the signature are one definition read twice
+        raise RuntimeError(f"pipeline parameters missing from the DAG: {sorted(missing)}")
     return pix2pixhd
 
 

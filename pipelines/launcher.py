@@ -5,6 +5,9 @@ the task submits and waits for (``pipelines.trainjob``).
 ``distributed`` is a JSON object fixed at compile time, empty for in-pod training:
 ``{"num_nodes": 2, "gpus_per_node": 8, "engine": "trainjob", "image": "...",
 "namespace": "kubeflow", "secret": "pix2pixhd-s3"}``.
+
+The in-pod case runs ``python -m components.cli train ...`` as a subprocess (like the
+torchrun case), so this module never imports the CLI (no import cycle).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,23 @@ def s3_uri(uri: str) -> str:
     return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
 
 
+@dataclass(frozen=True)
+class TrainArtifacts:
+    """The kfp artifacts of a training task (``init``: the global stage's checkpoint, for
+    the local stage; None for the global stage)."""
+
+    data: Any
+    boundaries: Any
+    report: Any
+    init: Any
+    checkpoint: Any
+
+
 def train_args(
+    *,
     stage: str,
     params_yaml: str,
-    sets: list[str],
+    sets: Sequence[str],
     data: str,
     boundaries: str,
     summary: str,
@@ -41,7 +59,7 @@ def train_args(
     out: str,
     tracking_uri: str,
 ) -> list[str]:
-    """The ``pix2pixhd train`` command line; every param travels as --set (no file)."""
+    """The ``pix2pixhd train`` arguments; every param travels as --set (no file)."""
     params = params_from_text(params_yaml, sets)
     args = ["train", "--stage", stage, "--data", data, "--boundaries", boundaries]
     args += ["--data-summary", summary, "--out", out, "--orchestrator", "kfp"]
@@ -55,68 +73,36 @@ def train_args(
 
 
 def train_task(
+    *,
     stage: str,
     params_yaml: str,
-    overrides: list[str],
-    main_params: dict[str, int],
-    data: Any,
-    boundaries: Any,
-    report: Any,
-    init: Any,
-    checkpoint: Any,
+    sets: Sequence[str],
+    artifacts: TrainArtifacts,
     metrics: Any,
     tracking_uri: str,
     distributed: str,
 ) -> dict[str, Any]:
-    """Run one training stage for a kfp task (the typed pipeline parameters in
-    ``main_params``, then ``overrides``); logs and returns the step's metrics."""
-    m, section = main_params, f"train_{stage}"
-    sets = [f"data.width={m['width']}", f"data.height={m['height']}"]
-    sets += [f"model.generator.ngf={m['ngf']}", f"{section}.niter={m['niter']}"]
-    sets += [f"{section}.niter_decay={m['niter_decay']}", *overrides]
-    result = _train(
-        stage,
-        params_yaml,
-        sets,
-        data,
-        boundaries,
-        report,
-        init,
-        checkpoint,
-        tracking_uri,
-        distributed,
-    )
-    for k, v in result.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            metrics.log_metric(k, float(v))
-    return result
+    """Run one training stage for a kfp task with params ``params_yaml`` + ``sets`` (see
+    ``pipelines.parameters.as_overrides``); logs the step's metrics to ``metrics`` and
+    returns them.
 
-
-def _train(
-    stage: str,
-    params_yaml: str,
-    sets: list[str],
-    data: Any,
-    boundaries: Any,
-    report: Any,
-    init: Any,
-    checkpoint: Any,
-    tracking_uri: str,
-    distributed: str,
-) -> dict[str, Any]:
+    One command, three launch paths that differ only in the command prefix: a
+    subprocess in this pod, torchrun over this pod's GPUs, or a multi-node job whose
+    pods read and write the artifacts in object storage.
+    """
     dist = json.loads(distributed) if distributed else {}
     nodes, gpus = int(dist.get("num_nodes", 1)), int(dist.get("gpus_per_node", 1))
-    out = Path(checkpoint.path)
-    if nodes > 1:  # the job's pods read and write the artifacts in object storage
-        if not s3_uri(checkpoint.uri).startswith("s3://"):
+    a, out = artifacts, Path(artifacts.checkpoint.path)
+    if nodes > 1:
+        if not s3_uri(a.checkpoint.uri).startswith("s3://"):
             raise RuntimeError(
-                f"multi-node training needs artifacts in object storage; got {checkpoint.uri}"
+                f"multi-node training needs artifacts in object storage; got {a.checkpoint.uri}"
             )
 
         def where(artifact: Any) -> str:
             return s3_uri(artifact.uri)
 
-        out_arg = where(checkpoint) + "/job"
+        out_arg = where(a.checkpoint) + "/job"
     else:
 
         def where(artifact: Any) -> str:
@@ -124,30 +110,32 @@ def _train(
 
         out_arg = str(out)
     args = train_args(
-        stage,
-        params_yaml,
-        sets,
-        where(data),
-        where(boundaries),
-        where(report) + "/summary.json",
-        where(init) + "/latest.pth" if init is not None else None,
-        out_arg,
-        tracking_uri,
+        stage=stage,
+        params_yaml=params_yaml,
+        sets=sets,
+        data=where(a.data),
+        boundaries=where(a.boundaries),
+        summary=where(a.report) + "/summary.json",
+        init=where(a.init) + "/latest.pth" if a.init is not None else None,
+        out=out_arg,
+        tracking_uri=tracking_uri,
     )
     if nodes > 1:
         _run_job(stage, args, dist)
         storage.download(out_arg + "/", out)  # what the job wrote, into the kfp artifact
-    elif gpus > 1:  # every GPU of this pod: torchrun, same command
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd += [f"--nproc-per-node={gpus}", "-m", "components.cli", *args]
-        subprocess.run(cmd, check=True)
     else:
-        from components.cli import main
-
-        if main(args) != 0:
+        prefix = [sys.executable, "-m"]
+        if gpus > 1:  # every GPU of this pod
+            prefix += ["torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m"]
+        cmd = [*prefix, "components.cli", *args]
+        if subprocess.run(cmd, check=False).returncode != 0:
             raise RuntimeError(f"pix2pixhd train --stage {stage} failed (see the log above)")
-    metrics = out / "metrics.json"
-    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+    path = out / "metrics.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+    return result
 
 
 def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ there, ``install_kfp_package=False``) and imports the project: it turns its arti
 into paths and calls the same ``components.<step>.run`` as the CLI and ``dvc.yaml``.
 No ML logic lives here. Parameters common to all steps: ``params_yaml`` (params.yaml
 as text, baked in at compile time) and ``overrides`` (``section.key=value`` strings,
-applied after the typed pipeline parameters).
+applied after the typed pipeline parameters). The typed pipeline parameters keep their
+pipeline names here; ``pipelines.parameters`` alone says which params key each sets.
 
 (No ``from __future__ import annotations``: kfp reads these annotations at runtime.)
 """
@@ -30,11 +31,10 @@ def synth(
 
     from components import storage
     from components import synth as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    sets = [f"data.num_train={num_train}", f"data.num_val={num_val}"]
-    sets += [f"data.width={width}", f"data.height={height}", *overrides]
-    p = params_from_text(params_yaml, sets)
+    values = {"num_train": num_train, "num_val": num_val, "width": width, "height": height}
+    p = step_params(params_yaml, values, overrides)
     out = Path(data.path)
     if dataset_uri.startswith("s3://"):
         storage.download(dataset_uri, out)
@@ -58,9 +58,10 @@ def validate(
     from pathlib import Path
 
     from components import validate as step
-    from components.params import params_from_text, stage_model_config
+    from components.params import stage_model_config
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, [f"data.width={width}", f"data.height={height}", *overrides])
+    p = step_params(params_yaml, {"width": width, "height": height}, overrides)
     cfg = stage_model_config(p, "local")
     summary = step.run(
         Path(data.path),
@@ -80,20 +81,23 @@ def boundaries(
     from pathlib import Path
 
     from components import boundaries as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, list(overrides))
+    p = step_params(params_yaml, {}, overrides)
     step.run(Path(data.path), Path(out.path), p.data.layout)
 
 
-def train_global(
+def train(
+    stage: str,
     params_yaml: str,
     overrides: list,
     width: int,
     height: int,
     ngf: int,
-    niter: int,
-    niter_decay: int,
+    niter_global: int,
+    niter_decay_global: int,
+    niter_local: int,
+    niter_decay_local: int,
     tracking_uri: str,
     distributed: str,
     data: Input[Dataset],
@@ -101,73 +105,25 @@ def train_global(
     report: Input[Artifact],
     checkpoint: Output[Model],
     metrics: Output[Metrics],
+    global_checkpoint: Input[Model] = None,
 ) -> None:
-    """The global generator stage (GPU task; multi-node: a TrainJob, see pipelines.launcher)."""
-    from pipelines.launcher import train_task
+    """One training stage (``global``, or ``local`` initialised from ``global_checkpoint``);
+    a GPU task, or with multi-node settings a launcher of a Kubeflow Trainer job (see
+    ``pipelines.launcher``)."""
+    from pipelines.launcher import TrainArtifacts, train_task
+    from pipelines.parameters import as_overrides
 
-    main = {
-        "width": width,
-        "height": height,
-        "ngf": ngf,
-        "niter": niter,
-        "niter_decay": niter_decay,
-    }
+    values = {"width": width, "height": height, "ngf": ngf}
+    values.update(niter_global=niter_global, niter_decay_global=niter_decay_global)
+    values.update(niter_local=niter_local, niter_decay_local=niter_decay_local)
     train_task(
-        "global",
-        params_yaml,
-        overrides,
-        main,
-        data,
-        boundaries,
-        report,
-        None,
-        checkpoint,
-        metrics,
-        tracking_uri,
-        distributed,
-    )
-
-
-def train_local(
-    params_yaml: str,
-    overrides: list,
-    width: int,
-    height: int,
-    ngf: int,
-    niter: int,
-    niter_decay: int,
-    tracking_uri: str,
-    distributed: str,
-    data: Input[Dataset],
-    boundaries: Input[Dataset],
-    report: Input[Artifact],
-    global_checkpoint: Input[Model],
-    checkpoint: Output[Model],
-    metrics: Output[Metrics],
-) -> None:
-    """The joint local-enhancer stage, initialised from the global generator."""
-    from pipelines.launcher import train_task
-
-    main = {
-        "width": width,
-        "height": height,
-        "ngf": ngf,
-        "niter": niter,
-        "niter_decay": niter_decay,
-    }
-    train_task(
-        "local",
-        params_yaml,
-        overrides,
-        main,
-        data,
-        boundaries,
-        report,
-        global_checkpoint,
-        checkpoint,
-        metrics,
-        tracking_uri,
-        distributed,
+        stage=stage,
+        params_yaml=params_yaml,
+        sets=as_overrides(values, overrides),
+        artifacts=TrainArtifacts(data, boundaries, report, global_checkpoint, checkpoint),
+        metrics=metrics,
+        tracking_uri=tracking_uri,
+        distributed=distributed,
     )
 
 
@@ -182,9 +138,9 @@ def features(
     from pathlib import Path
 
     from components import features as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, list(overrides))
+    p = step_params(params_yaml, {}, overrides)
     ckpt = Path(checkpoint.path) / "latest.pth"
     step.run(ckpt, Path(data.path), Path(model.path), p.features, p.data.layout)
 
@@ -204,13 +160,12 @@ def segmenter(
     from pathlib import Path
 
     from components import segmenter as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    sets = [f"data.width={width}", f"data.height={height}", *overrides]
-    if segmenter_weights:
-        sets.append(f"segmenter.weights={segmenter_weights}")
-    p = params_from_text(params_yaml, sets)
-    summary = step.run(Path(data.path), Path(model.path), p.segmenter, width, height, p.data.layout)
+    values = {"width": width, "height": height, "segmenter_weights": segmenter_weights}
+    p = step_params(params_yaml, values, overrides)
+    d = p.data
+    summary = step.run(Path(data.path), Path(model.path), p.segmenter, d.width, d.height, d.layout)
     for k in ("val_real_pixel_accuracy", "val_real_mean_iou"):
         if summary.get(k) is not None:
             metrics.log_metric(k, float(summary[k]))
@@ -231,9 +186,9 @@ def evaluate(
     from pathlib import Path
 
     from components import evaluate as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, list(overrides))
+    p = step_params(params_yaml, {}, overrides)
     result = step.run(
         checkpoint=Path(generator.path) / "model.pth",
         segmenter=Path(segmenter.path) / "segmenter.pth",
@@ -263,9 +218,9 @@ def export(
     from pathlib import Path
 
     from components import export as step
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, list(overrides))
+    p = step_params(params_yaml, {}, overrides)
     out = Path(onnx_model.path)
     out.mkdir(parents=True, exist_ok=True)
     summary = step.run(
@@ -292,9 +247,9 @@ def promote(
     from pathlib import Path
 
     from components import registry
-    from components.params import params_from_text
+    from pipelines.parameters import step_params
 
-    p = params_from_text(params_yaml, [f"promote.min_delta={min_delta}", *overrides])
+    p = step_params(params_yaml, {"min_delta": min_delta}, overrides)
     reg = json.loads((Path(evaluation.path) / "registration.json").read_text())
     result = registry.promote(
         reg["name"],

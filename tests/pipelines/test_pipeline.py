@@ -260,6 +260,7 @@ def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
 
     from components import storage
     from pipelines import launcher
+    from pipelines.parameters import as_overrides
 
     _, bucket = s3
 
@@ -283,10 +284,15 @@ def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
     metrics = SimpleNamespace(logged={})
     metrics.log_metric = lambda k, v: metrics.logged.__setitem__(k, v)
     dist = json.dumps({"num_nodes": 2, "gpus_per_node": 8, "image": "img", "engine": "trainjob"})
-    main_params = {"width": 128, "height": 64, "ngf": 8, "niter": 1, "niter_decay": 0}
-    params = (ROOT / "params.yaml").read_text()
+    main_params = {"width": 128, "height": 64, "ngf": 8, "niter_local": 1, "niter_decay_local": 0}
     launcher.train_task(
-        "local", params, [], main_params, data, bounds, report, init, ckpt, metrics, "", dist
+        stage="local",
+        params_yaml=(ROOT / "params.yaml").read_text(),
+        sets=as_overrides(main_params),
+        artifacts=launcher.TrainArtifacts(data, bounds, report, init, ckpt),
+        metrics=metrics,
+        tracking_uri="",
+        distributed=dist,
     )
     spec, engine = jobs[0]
     args = dict(zip(spec.args[1::2], spec.args[2::2], strict=False))  # after "train"
