@@ -1,293 +1,69 @@
-"""The `pix2pixhd` command line: one subcommand per pipeline step.
+"""The `pix2pixhd` command line: one subcommand per pipeline step, derived from the
+step's ``run()``.
 
-Each subcommand parses its arguments and calls the step's ``run(...)`` in
-``components.<step>``; heavy libraries are imported inside the step, not at start-up.
-Errors the user can fix print one line and exit with status 2, without a traceback.
+Each subcommand is one :class:`Command` in ``COMMANDS``: its name, the ``module:function``
+it calls (imported only when that subcommand runs, so start-up stays light) and its
+options. Every option is named after the ``run()`` parameter it feeds (its argparse
+``dest``; ``--init`` feeds ``init_checkpoint``, ``--no-tracking`` feeds ``tracking``), and
+the dispatcher passes each parsed option that ``run()`` accepts as a keyword argument.
+Values that come from params.yaml (``--params`` / ``--set``, the shared ``PARAMS`` group)
+or are computed from several options are returned by the command's ``derive(options,
+params)``. Option groups used by several commands (``PARAMS``, ``TRACKING``,
+``CLUSTER``) are defined once.
+
+Output: stdout carries only the command's result, one JSON object (so
+``pix2pixhd export ... > out.json`` is valid JSON); logs and anything a library prints
+go to stderr. Logging is configured for the project's own loggers (INFO; ``-v`` DEBUG,
+``-q`` warnings only); third-party loggers stay at WARNING unless ``-v``. Errors the user
+can fix print one line and exit with status 2, without a traceback.
+
+Adding a subcommand:
+
+1. write ``components/<step>.py`` with ``run(...) -> dict`` (keyword arguments, a
+   docstring naming each);
+2. append one ``Command(...)`` to ``COMMANDS``, e.g.::
+
+       Command(
+           "thumbs",
+           "components.thumbs:run",
+           help="small previews of a dataset",
+           options=(
+               opt("--data", type=_location, required=True),
+               opt("--out", type=_location, required=True),
+               opt("--size", type=_positive_int, default=64),
+           ),
+       )
+
+   with ``dest=`` where the public flag differs from the parameter, groups such as
+   ``PARAMS`` where it shares them, and ``derive=`` for values read from params.yaml.
+   A name with a space (``"data synth"``) is a nested subcommand (its parent listed in
+   ``PARENTS``). Parsing, ``s3://`` staging, errors and the JSON output are generic.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import inspect
 import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("pix2pixhd")
 
-
-def _cmd_import_checkpoint(args: argparse.Namespace) -> dict:
-    from components import import_checkpoint
-
-    return import_checkpoint.run(
-        generator=args.generator,
-        out=args.out,
-        label_nc=args.label_nc,
-        use_instance_map=not args.no_instance_map,
-        encoder=args.encoder,
-        discriminator=args.discriminator,
-    )
+#: the loggers this command configures (library code logs under its module name)
+PROJECT_LOGGERS = ("pix2pixhd", "components", "model", "pipelines")
 
 
-def _cmd_generate(args: argparse.Namespace) -> dict:
-    from components import generate
-
-    return generate.run(
-        checkpoint=args.checkpoint,
-        onnx=args.onnx,
-        seed=args.seed,
-        labels=args.labels,
-        out=args.out,
-        instances=args.instances,
-        images=args.images,
-        batch_size=args.batch_size,
-        device=args.device,
-        engine=args.engine,
-    )
-
-
-def _add_engine_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--engine",
-        choices=["auto", "onnx", "torch"],
-        default="auto",
-        help="onnx: ONNX Runtime on the checkpoint's graph, exported once and cached beside "
-        "it; torch: PyTorch eager; auto (default): onnx unless the work needs PyTorch "
-        "(features encoded from --images, RGB-label models, CUDA without onnxruntime-gpu)",
-    )
-
-
-def _params(args: argparse.Namespace):
-    from components.params import load_params
-
-    return load_params(args.params, args.set or [])
-
-
-def _cmd_train(args: argparse.Namespace) -> dict:
-    from components import train
-
-    return train.run(
-        params=_params(args),
-        stage=args.stage,
-        data=args.data,
-        out=args.out,
-        init_checkpoint=args.init,
-        resume=args.resume,
-        boundaries=args.boundaries,
-        data_summary=args.data_summary,
-        tracking=not args.no_tracking,
-        tracking_uri=args.tracking_uri,
-        orchestrator=args.orchestrator,
-        device=args.device,
-    )
-
-
-def _cmd_features(args: argparse.Namespace) -> dict:
-    from components import features
-
-    params = _params(args)
-    return features.run(
-        checkpoint=args.checkpoint,
-        data=args.data,
-        out=args.out,
-        cfg=params.features,
-        layout=params.data.layout,
-    )
-
-
-def _cmd_segmenter(args: argparse.Namespace) -> dict:
-    from components import segmenter
-
-    params = _params(args)
-    return segmenter.run(
-        data=args.data,
-        out=args.out,
-        params=params.segmenter,
-        width=params.data.width,
-        height=params.data.height,
-        layout=params.data.layout,
-    )
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> dict:
-    from components import evaluate
-
-    params = _params(args)
-    return evaluate.run(
-        checkpoint=args.checkpoint,
-        segmenter=args.segmenter,
-        data=args.data,
-        out=args.out,
-        params=params.evaluate,
-        layout=params.data.layout,
-        tracking=not args.no_tracking,
-        tracking_uri=args.tracking_uri,
-        orchestrator=args.orchestrator,
-        experiment=params.tracking.experiment,
-        data_summary=args.data_summary,
-    )
-
-
-def _cmd_promote(args: argparse.Namespace) -> dict:
-    import json as _json
-
-    from components import registry
-
-    params = _params(args)
-    name, version = args.model_name or params.evaluate.model_name, args.version
-    if args.registration is not None:
-        reg = _json.loads(Path(args.registration).read_text())
-        name, version = reg["name"], str(reg["version"])
-    min_delta = params.promote.min_delta if args.min_delta is None else args.min_delta
-    result = registry.promote(name, version, params.promote.metric, min_delta, args.tracking_uri)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(_json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def _cmd_export(args: argparse.Namespace) -> dict:
-    from components import export
-
-    params = _params(args)
-    return export.run(
-        checkpoint=args.checkpoint,
-        out=args.out,
-        fp16=not args.no_fp16,
-        tracking=not args.no_tracking,
-        tracking_uri=args.tracking_uri,
-        registration=args.registration,
-        experiment=params.tracking.experiment,
-        orchestrator=args.orchestrator,
-    )
-
-
-def _cmd_edit(args: argparse.Namespace) -> dict:
-    from components import edit
-
-    return edit.run(
-        checkpoint=args.checkpoint,
-        labels=args.labels,
-        instances=args.instances,
-        out=args.out,
-        edits=args.edits,
-        samples=args.samples,
-        seed=args.seed,
-        engine=args.engine,
-    )
-
-
-def _pipeline_settings(args: argparse.Namespace):
-    from pipelines.dag import ClusterSettings
-
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("image", "gpu_image", "gpus", "s3_secret", "s3_endpoint", "mlflow_uri")
-        if getattr(args, k, None) is not None
-    }
-    kwargs.update(num_nodes=args.nodes, engine=args.engine, namespace=args.namespace)
-    return ClusterSettings(**kwargs)
-
-
-def _pipeline_arguments(items: list[str] | None) -> dict:
-    import yaml
-
-    from model.errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--arg {item!r}: expected NAME=VALUE, e.g. --arg niter_global=10")
-        name, text = item.split("=", 1)
-        out[name.strip()] = yaml.safe_load(text) if text else ""
-    return out
-
-
-def _cmd_pipeline(args: argparse.Namespace) -> dict:
-    from pipelines import dag
-
-    params = args.params or dag.ROOT / "params.yaml"
-    if not Path(params).is_file():
-        from model.errors import ConfigError
-
-        raise ConfigError(f"{params}: no such params file")
-    if args.pipeline_command == "compile":
-        path = dag.compile_pipeline(params, args.out, _pipeline_settings(args))
-        return {"compiled": str(path)}
-    arguments = _pipeline_arguments(args.arg)
-    if args.pipeline_command == "run":
-        return dag.run_local(params, args.pipeline_root.resolve(), arguments)
-    return dag.submit(
-        args.host,
-        params,
-        arguments,
-        experiment=args.experiment,
-        run_name=args.run_name,
-        settings=_pipeline_settings(args),
-        namespace=args.kfp_namespace,
-    )
-
-
-def _add_tracking_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the working directory)",
-    )
-
-
-def _add_params_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--params",
-        type=_location,
-        default=None,
-        help="params.yaml (default: the built-in paper defaults)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="SECTION.KEY=VALUE",
-        help="override one value, e.g. --set train_global.niter=10 (repeatable)",
-    )
-
-
-def _cmd_synth(args: argparse.Namespace) -> dict:
-    from components import synth
-
-    width, height = args.size
-    return synth.run(
-        out=args.out,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        width=width,
-        height=height,
-        seed=args.seed,
-    )
-
-
-def _cmd_validate(args: argparse.Namespace) -> dict:
-    from components import validate
-    from components.params import stage_model_config
-
-    cfg = stage_model_config(_params(args), "local")
-    return validate.run(
-        data=args.data,
-        out=args.out,
-        layout=args.layout,
-        label_nc=args.label_nc if args.label_nc is not None else cfg.label_nc,
-        use_instance_map=cfg.use_instance_map and not args.no_instance_map,
-        size_multiple=args.size_multiple or cfg.generator.size_multiple,
-    )
-
-
-def _cmd_boundaries(args: argparse.Namespace) -> dict:
-    from components import boundaries
-
-    return boundaries.run(data=args.data, out=args.out, layout=args.layout, workers=args.workers)
+# ---------------------------------------------------------------------------
+# argument types
 
 
 def _location(text: str) -> Path | str:
@@ -315,291 +91,542 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------------------
+# the declarative parts: options, groups, commands
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One ``add_argument`` call: flags and argparse keywords (``dest``: the parameter)."""
+
+    flags: tuple[str, ...]
+    kwargs: Mapping[str, Any]
+
+
+def opt(*flags: str, **kwargs: Any) -> Opt:
+    return Opt(flags, kwargs)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Options several commands share, shown under one heading in ``--help``."""
+
+    title: str
+    options: tuple[Opt, ...]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``name`` (a space nests it under a parent), ``target`` the
+    ``module:function`` it calls, its options and groups, and ``derive(options, params)``
+    for keyword arguments that do not come straight from one option (``params``: the
+    loaded params when the command has the PARAMS group, else None). Every option must
+    be a parameter of the target or be named in ``consumes`` (the PARAMS group's are
+    consumed by loading params)."""
+
+    name: str
+    target: str
+    help: str
+    description: str | None = None
+    options: tuple[Opt | Group, ...] = ()
+    derive: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    consumes: tuple[str, ...] = ()  # options read only by ``derive``
+    mutually_exclusive: tuple[tuple[str, ...], ...] = field(default=())  # required groups
+
+
+PARAMS = Group(
+    "params",
+    (
+        opt(
+            "--params",
+            dest="params_file",
+            metavar="PARAMS",
+            type=_location,
+            default=None,
+            help="params.yaml (default: the built-in paper defaults)",
+        ),
+        opt(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one value, e.g. --set train_global.niter=10 (repeatable)",
+        ),
+    ),
+)
+TRACKING_URI = opt(
+    "--tracking-uri",
+    help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
+    "working directory)",
+)
+TRACKING = Group(
+    "tracking",
+    (
+        opt(
+            "--no-tracking",
+            dest="tracking",
+            action="store_false",
+            help="no MLflow run (and no registration)",
+        ),
+        TRACKING_URI,
+        opt(
+            "--orchestrator",
+            choices=["cli", "dvc", "kfp"],
+            default=None,
+            help="recorded as the run's orchestrator tag (default: cli, or dvc under dvc repro)",
+        ),
+    ),
+)
+LAYOUTS = ["auto", "cityscapes", "folder", "rgb"]
+ENGINE = opt(
+    "--engine",
+    choices=["auto", "onnx", "torch"],
+    default="auto",
+    help="onnx: ONNX Runtime on the checkpoint's graph, exported once and cached beside "
+    "it; torch: PyTorch eager; auto (default): onnx unless the work needs PyTorch "
+    "(features encoded from --images, RGB-label models, CUDA without onnxruntime-gpu)",
+)
+PIPELINE_PARAMS = opt(
+    "--params",
+    dest="params_file",
+    metavar="PARAMS",
+    type=Path,
+    default=None,
+    help="default: the repo's params.yaml",
+)
+PIPELINE_ARGS = opt(
+    "--arg",
+    dest="arguments",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="pipeline parameter (repeatable)",
+)
+CLUSTER = Group(
+    "cluster",
+    (
+        opt("--image", help="image of the CPU steps (default: pix2pixhd-cpu:latest)"),
+        opt("--gpu-image", help="image of the training steps (default: pix2pixhd-cuda:latest)"),
+        opt("--gpus", type=_positive_int, help="GPUs per training pod / node (1)"),
+        opt(
+            "--nodes",
+            dest="num_nodes",
+            metavar="NODES",
+            type=_positive_int,
+            default=1,
+            help="training nodes; > 1 runs each training stage as a Kubeflow Trainer job (1)",
+        ),
+        opt(
+            "--engine",
+            choices=["trainjob", "pytorchjob"],
+            default="trainjob",
+            help="multi-node engine: Trainer v2 TrainJob or Training Operator v1 PyTorchJob",
+        ),
+        opt("--namespace", default="kubeflow", help="where training jobs run"),
+        opt(
+            "--s3-secret",
+            help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (pix2pixhd-s3)",
+        ),
+        opt("--s3-endpoint", help="AWS_ENDPOINT_URL for every task (none: AWS)"),
+        opt("--mlflow-uri", help="MLFLOW_TRACKING_URI for every task"),
+    ),
+)
+
+
+def _validate_from_params(o: dict[str, Any], p: Any) -> dict[str, Any]:
+    from components.params import stage_model_config
+
+    cfg = stage_model_config(p, "local")
+    return {
+        "label_nc": cfg.label_nc if o["label_nc"] is None else o["label_nc"],
+        "use_instance_map": cfg.use_instance_map and o["use_instance_map"],
+        "size_multiple": o["size_multiple"] or cfg.generator.size_multiple,
+    }
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "import-checkpoint",
+        "components.import_checkpoint:run",
+        help="convert official pix2pixHD checkpoints (latest_net_G.pth ...) to this format",
+        description="Read official pix2pixHD checkpoints, infer the architecture from tensor "
+        "shapes, load them strictly and write one checkpoint of this project's format.",
+        options=(
+            opt("--generator", type=_location, required=True, help="latest_net_G.pth"),
+            opt("--encoder", type=_location, help="latest_net_E.pth (instance features)"),
+            opt("--discriminator", type=_location, help="latest_net_D.pth (to resume training)"),
+            opt(
+                "--label-nc",
+                type=int,
+                default=35,
+                help="number of label ids, 0 for RGB labels (default: 35, Cityscapes)",
+            ),
+            opt(
+                "--no-instance-map",
+                dest="use_instance_map",
+                action="store_false",
+                help="the model was trained without instance boundary maps",
+            ),
+            opt("--out", type=_location, required=True, help="checkpoint file to write"),
+        ),
+    ),
+    Command(
+        "generate",
+        "components.generate:run",
+        help="label maps to photos with a checkpoint",
+        description="Generate one PNG per label map (same stem, native size).",
+        options=(
+            opt("--checkpoint", type=_location, help="a checkpoint"),
+            opt("--onnx", type=_location, help="an exported model (runs in onnxruntime)"),
+            ENGINE,
+            opt("--labels", type=_location, required=True, help="directory of label-id PNGs"),
+            opt("--instances", type=_location, help="directory of instance-id PNGs"),
+            opt("--images", type=_location, help="directory of photos to encode features from"),
+            opt("--out", type=_location, required=True, help="output directory"),
+            opt("--batch-size", type=_positive_int, default=4),
+            opt("--seed", type=int, default=0, help="cluster-centre draws (feature models)"),
+            opt("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)"),
+        ),
+        mutually_exclusive=(("--checkpoint", "--onnx"),),
+    ),
+    Command(
+        "train",
+        "components.train:run",
+        help="train one stage (global, then local)",
+        description="Train the global generator (stage global, at 1/2**n_local_enhancers of "
+        "the data size) or the local generator initialised from it (stage local). Under "
+        "torchrun it trains data-parallel.",
+        options=(
+            opt("--stage", choices=["global", "local"], required=True),
+            PARAMS,
+            opt("--data", type=_location, required=True, help="dataset root"),
+            opt("--out", type=_location, required=True, help="output directory (latest.pth)"),
+            opt(
+                "--init",
+                dest="init_checkpoint",
+                metavar="INIT",
+                type=_location,
+                help="global stage checkpoint (stage local)",
+            ),
+            opt("--resume", action="store_true", help="continue from OUT/latest.pth"),
+            opt("--boundaries", type=_location, help="precomputed boundary maps (optional)"),
+            opt("--data-summary", type=_location, help="validate's summary.json (dataset hash)"),
+            TRACKING,
+            opt("--device", default="auto"),
+        ),
+        derive=lambda o, p: {"params": p},
+    ),
+    Command(
+        "features",
+        "components.features:run",
+        help="cluster instance features into the checkpoint",
+        description="Encode every training instance with E, cluster per class (k-means) and "
+        "write OUT/model.pth with the cluster centres.",
+        options=(
+            opt("--checkpoint", type=_location, required=True),
+            opt("--data", type=_location, required=True),
+            opt("--out", type=_location, required=True),
+            PARAMS,
+        ),
+        derive=lambda o, p: {"cfg": p.features, "layout": p.data.layout},
+    ),
+    Command(
+        "segmenter train",
+        "components.segmenter:run",
+        help="train a PSPNet on the real photos (or load published weights)",
+        description="Train the segmenter on the dataset's real photos (segmenter.weights "
+        "set: load that published PSPNet instead), freeze it, and score it on the val "
+        "photos (the oracle row).",
+        options=(
+            opt("--data", type=_location, required=True),
+            opt("--out", type=_location, required=True),
+            PARAMS,
+        ),
+        derive=lambda o, p: {
+            "params": p.segmenter,
+            "width": p.data.width,
+            "height": p.data.height,
+            "layout": p.data.layout,
+        },
+    ),
+    Command(
+        "evaluate",
+        "components.evaluate:run",
+        help="score generated val images with the frozen segmenter",
+        description="Generate the val split, segment generated and real photos, write "
+        "pixel accuracy / mean IoU and per-class IoU, register the generator in MLflow.",
+        options=(
+            opt("--checkpoint", type=_location, required=True),
+            opt("--segmenter", type=_location, required=True),
+            opt("--data", type=_location, required=True),
+            opt("--out", type=_location, required=True),
+            opt("--data-summary", type=_location, help="validate's summary.json (dataset hash)"),
+            TRACKING,
+            PARAMS,
+        ),
+        derive=lambda o, p: {
+            "params": p.evaluate,
+            "layout": p.data.layout,
+            "experiment": p.tracking.experiment,
+        },
+    ),
+    Command(
+        "promote",
+        "components.promote:run",
+        help="move the 'champion' alias to a version if it beats the champion",
+        description="Gate a registered generator version on its metric: it becomes the "
+        "champion only if it beats the current one by promote.min_delta (the first model "
+        "always does); otherwise the reason is recorded on the version.",
+        options=(
+            opt("--registration", type=_location, help="evaluate's registration.json"),
+            opt(
+                "--model-name",
+                dest="name",
+                metavar="MODEL_NAME",
+                help="default: evaluate.model_name",
+            ),
+            opt("--version", help="default: the newest version"),
+            opt("--min-delta", type=float, default=None, help="default: promote.min_delta"),
+            opt("--out", type=_location, help="write the decision as JSON here"),
+            TRACKING_URI,
+            PARAMS,
+        ),
+        derive=lambda o, p: {
+            "name": o["name"] or p.evaluate.model_name,
+            "metric": p.promote.metric,
+            "min_delta": p.promote.min_delta if o["min_delta"] is None else o["min_delta"],
+        },
+    ),
+    Command(
+        "export",
+        "components.export:run",
+        help="export the generator to ONNX (label ids in, image out)",
+        description="Export the whole generator as one ONNX graph taking raw label ids "
+        "(+ instance ids, + features); check it against PyTorch with onnxruntime; write an "
+        "fp16 copy for GPU serving; log it to MLflow (onnx flavour).",
+        options=(
+            opt("--checkpoint", type=_location, required=True),
+            opt("--out", type=_location, required=True, help="model.onnx to write"),
+            opt("--no-fp16", dest="fp16", action="store_false", help="skip the fp16 copy"),
+            opt(
+                "--registration",
+                type=_location,
+                help="evaluate's registration.json: tag that version with the ONNX model",
+            ),
+            TRACKING,
+            PARAMS,
+        ),
+        derive=lambda o, p: {"experiment": p.tracking.experiment},
+    ),
+    Command(
+        "edit",
+        "components.edit:run",
+        help="semantic manipulation: edit a label map and generate the result",
+        description="Apply edits (relabel, add, remove, style; format in model/editing.py "
+        "and the README) to one label/instance map pair and generate before/after images; "
+        "--samples K renders K variations with other cluster centres.",
+        options=(
+            opt("--checkpoint", type=_location, required=True),
+            opt("--labels", type=_location, required=True, help="one label-id PNG"),
+            opt("--instances", type=_location, required=True, help="its instance-id PNG"),
+            opt("--edits", type=_location, help="EDITS.json (none: just render / sample)"),
+            opt("--out", type=_location, required=True),
+            opt("--samples", type=int, default=0, help="variations to render (K)"),
+            opt("--seed", type=int, default=0),
+            ENGINE,
+        ),
+    ),
+    Command(
+        "pipeline compile",
+        "pipelines.commands:compile_ir",
+        help="write the pipeline IR YAML",
+        description="Write the kfp v2 IR YAML (two documents: the pipeline and its "
+        "kfp-kubernetes settings) for upload to Kubeflow Pipelines.",
+        options=(
+            opt("--out", type=Path, default=Path("pipeline.yaml"), help="default: pipeline.yaml"),
+            PIPELINE_PARAMS,
+            CLUSTER,
+        ),
+    ),
+    Command(
+        "pipeline run",
+        "pipelines.commands:run_local",
+        help="run the whole DAG on this machine (kfp.local)",
+        options=(
+            opt("--local", action="store_true", required=True, help="(required)"),
+            opt("--pipeline-root", type=Path, default=Path("data/kfp"), help="where artifacts go"),
+            PIPELINE_PARAMS,
+            PIPELINE_ARGS,
+        ),
+    ),
+    Command(
+        "pipeline submit",
+        "pipelines.commands:submit",
+        help="submit a run to Kubeflow Pipelines",
+        options=(
+            opt("--host", required=True, help="KFP API endpoint URL"),
+            opt("--experiment", default="pix2pixhd"),
+            opt("--run-name", default=None),
+            opt("--kfp-namespace", default=None, help="multi-user: profile namespace"),
+            PIPELINE_PARAMS,
+            PIPELINE_ARGS,
+            CLUSTER,
+        ),
+    ),
+    Command(
+        "data synth",
+        "components.synth:run",
+        help="render the bundled street-scene dataset (Cityscapes layout)",
+        description="Render procedural street scenes with Cityscapes label and instance ids.",
+        options=(
+            opt("--out", type=_location, required=True),
+            opt("--num-train", type=int, default=200),
+            opt("--num-val", type=int, default=40),
+            opt("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT (default 256x128)"),
+            opt("--seed", type=int, default=0),
+        ),
+        derive=lambda o, p: {"width": o["size"][0], "height": o["size"][1]},
+        consumes=("size",),
+    ),
+    Command(
+        "validate",
+        "components.validate:run",
+        help="check a dataset with a Great Expectations suite",
+        description="Build a per-sample manifest and validate it; on failure write a report "
+        "naming each bad file and exit non-zero; on success write summary.json.",
+        options=(
+            opt("--data", type=_location, required=True),
+            opt("--layout", choices=LAYOUTS, default="auto"),
+            opt("--label-nc", type=int, default=None, help="default: data.label_nc"),
+            opt("--no-instance-map", dest="use_instance_map", action="store_false"),
+            opt(
+                "--size-multiple",
+                type=_positive_int,
+                default=None,
+                help="default: the configured model's, "
+                "2**(n_downsample_global + n_local_enhancers)",
+            ),
+            PARAMS,
+            opt("--out", type=_location, required=True, help="report directory"),
+        ),
+        derive=_validate_from_params,
+    ),
+    Command(
+        "boundaries",
+        "components.boundaries:run",
+        help="precompute instance boundary maps",
+        description="Write one boundary PNG per instance map (idempotent, parallel).",
+        options=(
+            opt("--data", type=_location, required=True),
+            opt("--layout", choices=LAYOUTS, default="auto"),
+            opt("--out", type=_location, required=True),
+            opt("--workers", type=_positive_int, default=None),
+        ),
+    ),
+)
+
+#: parents of nested commands: name -> (help, description)
+PARENTS: dict[str, tuple[str, str | None]] = {
+    "segmenter": ("the frozen segmenter used by evaluate", None),
+    "pipeline": (
+        "the Kubeflow pipeline: compile, run locally, submit",
+        "The same steps as one kfp v2 DAG. compile writes the IR YAML; run executes the "
+        "whole DAG here with kfp.local; submit sends it to a Kubeflow Pipelines endpoint. "
+        "Pipeline parameters: --arg NAME=VALUE (dataset_uri, num_train, num_val, width, "
+        "height, ngf, niter_global, niter_decay_global, niter_local, niter_decay_local, "
+        "min_delta, segmenter_weights, tracking_uri, overrides=[section.key=value, ...]).",
+    ),
+    "data": ("dataset tools (synth)", None),
+}
+
+
+# ---------------------------------------------------------------------------
+# building the parser from COMMANDS
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pix2pixhd-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_options(p: argparse.ArgumentParser, command: Command) -> None:
+    exclusive = {flag: ex for ex in command.mutually_exclusive for flag in ex}
+    groups: dict[tuple[str, ...], Any] = {
+        ex: p.add_mutually_exclusive_group(required=True) for ex in command.mutually_exclusive
+    }
+    for item in command.options:
+        if isinstance(item, Group):
+            g = p.add_argument_group(item.title)
+            for o in item.options:
+                g.add_argument(*o.flags, **o.kwargs)
+        elif item.flags[0] in exclusive:
+            groups[exclusive[item.flags[0]]].add_argument(*item.flags, **item.kwargs)
+        else:
+            p.add_argument(*item.flags, **item.kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pix2pixhd",
         description="pix2pixHD (Wang et al., CVPR 2018): semantic label maps to "
         "high-resolution photos, as a reproducible pipeline.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser(
-        "import-checkpoint",
-        help="convert official pix2pixHD checkpoints (latest_net_G.pth ...) to this format",
-        description="Read official pix2pixHD checkpoints, infer the architecture from tensor "
-        "shapes, load them strictly and write one checkpoint of this project's format.",
-    )
-    p.add_argument("--generator", type=_location, required=True, help="latest_net_G.pth")
-    p.add_argument(
-        "--encoder", type=_location, help="latest_net_E.pth (models with instance features)"
-    )
-    p.add_argument("--discriminator", type=_location, help="latest_net_D.pth (to resume training)")
-    p.add_argument(
-        "--label-nc",
-        type=int,
-        default=35,
-        help="number of label ids, 0 for RGB labels (default: 35, Cityscapes)",
-    )
-    p.add_argument(
-        "--no-instance-map",
-        action="store_true",
-        help="the model was trained without instance boundary maps",
-    )
-    p.add_argument("--out", type=_location, required=True, help="checkpoint file to write")
-    p.set_defaults(func=_cmd_import_checkpoint)
-
-    p = sub.add_parser(
-        "generate",
-        help="label maps to photos with a checkpoint",
-        description="Generate one PNG per label map (same stem, native size).",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=_location, help="a checkpoint")
-    src.add_argument("--onnx", type=_location, help="an exported model (runs in onnxruntime)")
-    _add_engine_arg(p)
-    p.add_argument("--labels", type=_location, required=True, help="directory of label-id PNGs")
-    p.add_argument("--instances", type=_location, help="directory of instance-id PNGs")
-    p.add_argument(
-        "--images", type=_location, help="directory of photos to encode instance features from"
-    )
-    p.add_argument("--out", type=_location, required=True, help="output directory")
-    p.add_argument("--batch-size", type=_positive_int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="cluster-centre draws (feature models)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.set_defaults(func=_cmd_generate)
-
-    p = sub.add_parser(
-        "train",
-        help="train one stage (global, then local)",
-        description="Train the global generator (stage global, at 1/2**n_local_enhancers of "
-        "the data size) or the local generator initialised from it (stage local). Under "
-        "torchrun it trains data-parallel.",
-    )
-    p.add_argument("--stage", choices=["global", "local"], required=True)
-    _add_params_args(p)
-    p.add_argument("--data", type=_location, required=True, help="dataset root")
-    p.add_argument("--out", type=_location, required=True, help="output directory (latest.pth ...)")
-    p.add_argument("--init", type=_location, help="global stage checkpoint (stage local)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/latest.pth")
-    p.add_argument("--boundaries", type=_location, help="precomputed boundary maps (optional)")
-    p.add_argument("--data-summary", type=_location, help="validate's summary.json (dataset hash)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the working directory)",
-    )
-    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "features",
-        help="cluster instance features into the checkpoint",
-        description="Encode every training instance with E, cluster per class (k-means) and "
-        "write OUT/model.pth with the cluster centres.",
-    )
-    p.add_argument("--checkpoint", type=_location, required=True)
-    p.add_argument("--data", type=_location, required=True)
-    p.add_argument("--out", type=_location, required=True)
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_features)
-
-    seg = sub.add_parser("segmenter", help="the frozen segmenter used by evaluate")
-    seg_sub = seg.add_subparsers(
-        dest="segmenter_command", metavar="SEGMENTER_COMMAND", required=True
-    )
-    p = seg_sub.add_parser(
-        "train",
-        help="train a PSPNet on the real photos (or load published weights)",
-        description="Train the segmenter on the dataset's real photos (segmenter.weights "
-        "set: load that published PSPNet instead), freeze it, and score it on the val "
-        "photos (the oracle row).",
-    )
-    p.add_argument("--data", type=_location, required=True)
-    p.add_argument("--out", type=_location, required=True)
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_segmenter, command="segmenter train")
-
-    p = sub.add_parser(
-        "evaluate",
-        help="score generated val images with the frozen segmenter",
-        description="Generate the val split, segment generated and real photos, write "
-        "pixel accuracy / mean IoU and per-class IoU, register the generator in MLflow.",
-    )
-    p.add_argument("--checkpoint", type=_location, required=True)
-    p.add_argument("--segmenter", type=_location, required=True)
-    p.add_argument("--data", type=_location, required=True)
-    p.add_argument("--out", type=_location, required=True)
-    p.add_argument("--data-summary", type=_location, help="validate's summary.json (dataset hash)")
-    p.add_argument("--no-tracking", action="store_true", help="no MLflow run, no registration")
-    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
-    _add_tracking_args(p)
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser(
-        "promote",
-        help="move the 'champion' alias to a version if it beats the champion",
-        description="Gate a registered generator version on its metric: it becomes the "
-        "champion only if it beats the current one by promote.min_delta (the first model "
-        "always does); otherwise the reason is recorded on the version.",
-    )
-    p.add_argument("--registration", type=_location, help="evaluate's registration.json")
-    p.add_argument("--model-name", help="default: evaluate.model_name")
-    p.add_argument("--version", help="default: the newest version")
-    p.add_argument("--min-delta", type=float, default=None, help="default: promote.min_delta")
-    p.add_argument("--out", type=_location, help="write the decision as JSON here")
-    _add_tracking_args(p)
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_promote)
-
-    p = sub.add_parser(
-        "export",
-        help="export the generator to ONNX (label ids in, image out)",
-        description="Export the whole generator as one ONNX graph taking raw label ids "
-        "(+ instance ids, + features); check it against PyTorch with onnxruntime; write an "
-        "fp16 copy for GPU serving; log it to MLflow (onnx flavour).",
-    )
-    p.add_argument("--checkpoint", type=_location, required=True)
-    p.add_argument("--out", type=_location, required=True, help="model.onnx to write")
-    p.add_argument("--no-fp16", action="store_true", help="skip the fp16 copy")
-    p.add_argument(
-        "--registration",
-        type=_location,
-        help="evaluate's registration.json: tag that version with the ONNX model",
-    )
-    p.add_argument("--no-tracking", action="store_true")
-    p.add_argument("--orchestrator", choices=["cli", "dvc", "kfp"], default=None)
-    _add_tracking_args(p)
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser(
-        "edit",
-        help="semantic manipulation: edit a label map and generate the result",
-        description="Apply edits (relabel, add, remove, style; format in model/editing.py "
-        "and the README) to one label/instance map pair and generate before/after images; "
-        "--samples K renders K variations with other cluster centres.",
-    )
-    p.add_argument("--checkpoint", type=_location, required=True)
-    p.add_argument("--labels", type=_location, required=True, help="one label-id PNG")
-    p.add_argument("--instances", type=_location, required=True, help="its instance-id PNG")
-    p.add_argument("--edits", type=_location, help="EDITS.json (none: just render / sample)")
-    p.add_argument("--out", type=_location, required=True)
-    p.add_argument("--samples", type=int, default=0, help="variations to render (K)")
-    p.add_argument("--seed", type=int, default=0)
-    _add_engine_arg(p)
-    p.set_defaults(func=_cmd_edit)
-
-    pipe = sub.add_parser(
-        "pipeline",
-        help="the Kubeflow pipeline: compile, run locally, submit",
-        description="The same steps as one kfp v2 DAG. compile writes the IR YAML; run "
-        "executes the whole DAG here with kfp.local; submit sends it to a Kubeflow "
-        "Pipelines endpoint. Pipeline parameters: --arg NAME=VALUE (dataset_uri, "
-        "num_train, num_val, width, height, ngf, niter_global, niter_decay_global, "
-        "niter_local, niter_decay_local, min_delta, segmenter_weights, tracking_uri, "
-        "overrides=[section.key=value, ...]).",
-    )
-    pipe_sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
-    compile_p = pipe_sub.add_parser(
-        "compile",
-        help="write the pipeline IR YAML",
-        description="Write the kfp v2 IR YAML (two documents: the pipeline and its "
-        "kfp-kubernetes settings) for upload to Kubeflow Pipelines.",
-    )
-    compile_p.add_argument(
-        "--out", type=Path, default=Path("pipeline.yaml"), help="default: pipeline.yaml"
-    )
-    run_p = pipe_sub.add_parser("run", help="run the whole DAG on this machine (kfp.local)")
-    run_p.add_argument("--local", action="store_true", required=True, help="(required)")
-    run_p.add_argument(
-        "--pipeline-root", type=Path, default=Path("data/kfp"), help="where artifacts go"
-    )
-    submit_p = pipe_sub.add_parser("submit", help="submit a run to Kubeflow Pipelines")
-    submit_p.add_argument("--host", required=True, help="KFP API endpoint URL")
-    submit_p.add_argument("--experiment", default="pix2pixhd")
-    submit_p.add_argument("--run-name", default=None)
-    submit_p.add_argument("--kfp-namespace", default=None, help="multi-user: profile namespace")
-    for q in (compile_p, run_p, submit_p):
-        q.add_argument("--params", type=Path, default=None, help="default: the repo's params.yaml")
-        q.set_defaults(func=_cmd_pipeline, command=f"pipeline {q.prog.split()[-1]}")
-    for q in (run_p, submit_p):
-        q.add_argument("--arg", action="append", metavar="NAME=VALUE", help="pipeline parameter")
-    for q in (compile_p, submit_p):
-        q.add_argument("--image", help="image of the CPU steps (default: pix2pixhd-cpu:latest)")
-        q.add_argument(
-            "--gpu-image", help="image of the training steps (default: pix2pixhd-cuda:latest)"
-        )
-        q.add_argument("--gpus", type=_positive_int, help="GPUs per training pod / node (1)")
-        q.add_argument(
-            "--nodes",
-            type=_positive_int,
-            default=1,
-            help="training nodes; > 1 runs each training stage as a Kubeflow Trainer job (1)",
-        )
-        q.add_argument(
-            "--engine",
-            choices=["trainjob", "pytorchjob"],
-            default="trainjob",
-            help="multi-node engine: Trainer v2 TrainJob or Training Operator v1 PyTorchJob",
-        )
-        q.add_argument("--namespace", default="kubeflow", help="where training jobs run")
-        q.add_argument(
-            "--s3-secret",
-            help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (pix2pixhd-s3)",
-        )
-        q.add_argument("--s3-endpoint", help="AWS_ENDPOINT_URL for every task (none: AWS)")
-        q.add_argument("--mlflow-uri", help="MLFLOW_TRACKING_URI for every task")
-
-    data = sub.add_parser("data", help="dataset tools (synth)")
-    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    p = data_sub.add_parser(
-        "synth",
-        help="render the bundled street-scene dataset (Cityscapes layout)",
-        description="Render procedural street scenes with Cityscapes label and instance ids.",
-    )
-    p.add_argument("--out", type=_location, required=True)
-    p.add_argument("--num-train", type=int, default=200)
-    p.add_argument("--num-val", type=int, default=40)
-    p.add_argument("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT (default 256x128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_synth, command="data synth")
-
-    layouts = ["auto", "cityscapes", "folder", "rgb"]
-    p = sub.add_parser(
-        "validate",
-        help="check a dataset with a Great Expectations suite",
-        description="Build a per-sample manifest and validate it; on failure write a report "
-        "naming each bad file and exit non-zero; on success write summary.json.",
-    )
-    p.add_argument("--data", type=_location, required=True)
-    p.add_argument("--layout", choices=layouts, default="auto")
-    p.add_argument("--label-nc", type=int, default=None, help="default: data.label_nc")
-    p.add_argument("--no-instance-map", action="store_true")
-    p.add_argument(
-        "--size-multiple",
-        type=_positive_int,
-        default=None,
-        help="default: the configured model's, 2**(n_downsample_global + n_local_enhancers)",
-    )
-    _add_params_args(p)
-    p.add_argument("--out", type=_location, required=True, help="report directory")
-    p.set_defaults(func=_cmd_validate)
-
-    p = sub.add_parser(
-        "boundaries",
-        help="precompute instance boundary maps",
-        description="Write one boundary PNG per instance map (idempotent, parallel).",
-    )
-    p.add_argument("--data", type=_location, required=True)
-    p.add_argument("--layout", choices=layouts, default="auto")
-    p.add_argument("--out", type=_location, required=True)
-    p.add_argument("--workers", type=_positive_int, default=None)
-    p.set_defaults(func=_cmd_boundaries)
+    nested: dict[str, Any] = {}
+    for command in COMMANDS:
+        where, name = sub, command.name
+        if " " in command.name:
+            parent, name = command.name.split(" ", 1)
+            if parent not in nested:
+                help_text, description = PARENTS[parent]
+                pp = sub.add_parser(parent, help=help_text, description=description)
+                nested[parent] = pp.add_subparsers(
+                    dest=f"{parent}_command", metavar="ACTION", required=True
+                )
+            where = nested[parent]
+        p = where.add_parser(name, help=command.help, description=command.description)
+        _add_options(p, command)
+        p.set_defaults(_command=command, command=command.name)
     return parser
+
+
+# ---------------------------------------------------------------------------
+# running a command
+
+#: parsed values that are not options of a command
+_GLOBAL = {"_command", "command", "verbose", "quiet", *(f"{p}_command" for p in PARENTS)}
+
+
+def call(command: Command, options: dict[str, Any]) -> dict[str, Any]:
+    """Call ``command.target`` with the options it accepts (by name), then what
+    ``command.derive`` returns (params-derived values win over same-named options)."""
+    module, name = command.target.split(":")
+    func = getattr(importlib.import_module(module), name)
+    accepted = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        kwargs = dict(options)  # run(..., **group) takes every option
+    else:
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        unused = set(options) - set(kwargs) - {"params_file", "overrides", *command.consumes}
+        if unused:  # a programming error in COMMANDS, not a user error
+            raise TypeError(f"{command.name}: options {sorted(unused)} feed no parameter")
+    if command.derive is not None:
+        params = None
+        if "params_file" in options and "overrides" in options:
+            from components.params import load_params
+
+            params = load_params(options["params_file"], options["overrides"])
+        kwargs.update(command.derive(options, params))
+    return func(**kwargs)
 
 
 @contextlib.contextmanager
@@ -634,20 +661,65 @@ def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
             storage.upload(local.out, out_uri)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+class _ProjectOrLoud(logging.Filter):
+    """Pass the project's records, and third-party ones at WARNING or above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in PROJECT_LOGGERS
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Project loggers at INFO (``verbose``: DEBUG, ``quiet``: WARNING) on stderr;
+    third-party loggers at WARNING (``verbose``: INFO)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_pix2pixhd", False)]:
+        root.removeHandler(h)  # main() may run more than once in a process (tests)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._pix2pixhd = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    if not verbose:
+        handler.addFilter(_ProjectOrLoud())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While a step runs, whatever prints to stdout (Python or native code) goes to
+    stderr, so that stdout carries only the JSON result."""
+    sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:  # no file descriptor 1 (a closed stdout)
+        saved = None
+    if saved is not None:
+        sys.stderr.flush()
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     from model.errors import Pix2PixHDError
 
-    func: Callable[[argparse.Namespace], dict] = args.func
+    command: Command = args._command
     try:
-        with _staged(args) as staged:
-            result = func(staged)
+        with _staged(args) as staged, _stdout_to_stderr():
+            options = {k: v for k, v in vars(staged).items() if k not in _GLOBAL}
+            result = call(command, options)
     except Pix2PixHDError as exc:
         sys.stderr.write(f"pix2pixhd {args.command}: error: {exc}\n")
         return 2
