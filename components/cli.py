@@ -438,6 +438,28 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "serve",
+        "components.serve.server:run",
+        help="HTTP API (ONNX Runtime) and web editor for a model",
+        description="Serve a checkpoint (exported to ONNX on start, cached), an ONNX file or "
+        "models:/<name>@<alias>: POST /v1/generate, /v1/edit; GET /v1/classes, /v1/styles, "
+        "/healthz, /metrics; OpenAPI at /docs; the web editor at /.",
+        options=(
+            opt("--model", required=True, help="checkpoint, .onnx file or models:/NAME@ALIAS"),
+            opt("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0 in a pod)"),
+            opt("--port", type=int, default=8080),
+            opt("--workers", type=_positive_int, default=2, help="model calls at once"),
+            opt("--queue", type=int, default=8, help="waiting requests; beyond: 503"),
+            opt("--threads", type=int, default=0, help="ONNX Runtime threads a call (0: auto)"),
+            opt("--data", type=Path, help="dataset whose samples the editor lists"),
+            opt("--follow-alias", action="store_true", help="reload when the alias moves"),
+            opt("--poll-s", type=float, default=30.0, help="alias poll interval (seconds)"),
+            opt("--max-bytes", type=_positive_int, default=32 * 2**20, help="request body"),
+            opt("--max-pixels", type=_positive_int, default=2048 * 2048, help="one map"),
+            TRACKING_URI,
+        ),
+    ),
+    Command(
         "pipeline compile",
         "pipelines.commands:compile_ir",
         help="write the pipeline IR YAML",

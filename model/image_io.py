@@ -8,12 +8,15 @@ photos are 8-bit RGB. Files pair by stem, never by sorted order.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from model.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: serving reads maps without it
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Cityscapes file name suffixes, longest first, so that one sample's files share a stem.
@@ -122,16 +125,22 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:
     """(H, W) ids -> (1, H, W) int64."""
+    import torch
+
     return torch.from_numpy(np.array(label, dtype=np.int64)).unsqueeze(0)
 
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
+    import torch
+
     t = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
     return t / 127.5 - 1.0
 
 
 def tensor_to_rgb(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, rounding to nearest."""
+    import torch
+
     t = ((image.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return t.permute(1, 2, 0).cpu().numpy()

@@ -1,0 +1,151 @@
+"""Uploaded maps: PNG bytes -> arrays, with the API's limits and errors.
+
+The checks are `pix2pixhd generate`'s (model/image_io.py: label maps 8-bit single
+channel, instance maps 8/16/32-bit integers), plus what a service needs: PNG only, the
+pixel limit checked from the header before decoding, ids inside the model's label range,
+and every problem an ``ApiError`` naming the form part.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from model.errors import InputError
+from model.image_io import read_instance, read_label
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; above them the answer is 413."""
+
+    max_bytes: int = 32 * 2**20  # one request body
+    max_pixels: int = 2048 * 2048  # one map (the paper's 2048x1024 fits twice)
+    max_samples: int = 8  # multi-modal samples per edit request
+
+
+class ApiError(Exception):
+    """A client error: HTTP status, the request part it concerns, and what was expected."""
+
+    def __init__(self, status: int, part: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.part, self.message = status, part, message
+
+
+class _Part(io.BytesIO):
+    """Bytes that print as the form part's name, so image_io's errors name the part."""
+
+    def __init__(self, data: bytes, part: str) -> None:
+        super().__init__(data)
+        self.part = part
+
+    def __str__(self) -> str:
+        return self.part
+
+
+def _checked(data: bytes, part: str, limits: Limits) -> _Part:
+    if not data.startswith(PNG_SIGNATURE):
+        raise ApiError(400, part, f"{part}: not a PNG file (expected PNG bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size  # header only: nothing decoded yet
+    except Exception as exc:
+        raise ApiError(400, part, f"{part}: unreadable PNG: {exc}") from None
+    if width * height > limits.max_pixels:
+        raise ApiError(
+            413,
+            part,
+            f"{part}: {width}x{height} = {width * height} pixels, above the limit of "
+            f"{limits.max_pixels}",
+        )
+    return _Part(data, part)
+
+
+def read_label_png(data: bytes, part: str, limits: Limits, label_nc: int) -> np.ndarray:
+    """8-bit single-channel label ids in [0, label_nc) -> (H, W) int64."""
+    try:
+        label = read_label(_checked(data, part, limits))
+    except InputError as exc:
+        raise ApiError(400, part, str(exc)) from None
+    bad = label[label >= label_nc]
+    if bad.size:
+        raise ApiError(
+            400,
+            part,
+            f"{part}: label ids {sorted(set(np.unique(bad).tolist()))[:8]} are outside the "
+            f"model's label range [0, {label_nc - 1}]",
+        )
+    return label
+
+
+def read_instance_png(data: bytes, part: str, limits: Limits, shape: tuple[int, ...]) -> np.ndarray:
+    """Instance ids (8/16-bit PNG) of the label map's size -> (H, W) int64."""
+    try:
+        instance = read_instance(_checked(data, part, limits))
+    except InputError as exc:
+        raise ApiError(400, part, str(exc)) from None
+    if instance.shape != tuple(shape):
+        raise ApiError(
+            400,
+            part,
+            f"{part}: size {instance.shape[1]}x{instance.shape[0]} differs from the label "
+            f"map's {shape[1]}x{shape[0]}",
+        )
+    return instance
+
+
+def read_mask_png(data: bytes, part: str, limits: Limits) -> np.ndarray:
+    """An edit's mask, as `pix2pixhd edit` reads it: non-zero pixels of an 8-bit map."""
+    try:
+        return read_label(_checked(data, part, limits)) > 0
+    except InputError as exc:
+        raise ApiError(400, part, str(exc)) from None
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W) / (H, W, 3) or uint16 (H, W) -> PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def list_samples(data: Path) -> dict[str, dict[str, Path]]:
+    """``split/stem`` -> {label, instance[, image]} paths of a dataset directory in the
+    Cityscapes layout (gtFine/, leftImg8bit/) or the reference's folder layout
+    ({split}_label/, {split}_inst/, {split}_img/). Samples without an instance map are
+    left out (the editor needs both maps)."""
+    from model.image_io import list_images, sample_stem
+
+    data = Path(data)
+    if not data.is_dir():
+        raise InputError(f"--data {data}: not a directory")
+    roles: dict[str, dict[str, dict[str, Path]]] = {"label": {}, "instance": {}, "image": {}}
+    suffixes = {"_labelIds": "label", "_instanceIds": "instance", "_leftImg8bit": "image"}
+    folders = {"_label": "label", "_inst": "instance", "_img": "image"}
+    for path in list_images(data):
+        rel = path.relative_to(data).parts
+        if rel[0] in ("gtFine", "leftImg8bit") and len(rel) > 2:
+            split = rel[1]
+            role = next((r for s, r in suffixes.items() if path.stem.endswith(s)), None)
+        else:
+            split, _, kind = rel[0].rpartition("_")
+            role = folders.get(f"_{kind}") if len(rel) > 1 else None
+        if role is not None:
+            roles[role].setdefault(split, {})[sample_stem(path)] = path
+    out = {}
+    for split, labels in sorted(roles["label"].items()):
+        for stem, label in sorted(labels.items()):
+            inst = roles["instance"].get(split, {}).get(stem)
+            if inst is not None:
+                files = {"label": label, "instance": inst}
+                image = roles["image"].get(split, {}).get(stem)
+                if image is not None:
+                    files["image"] = image
+                out[f"{split}/{stem}"] = files
+    return out
