@@ -122,7 +122,10 @@ class Metrics:
             "pix2pixhd_requests", "HTTP requests", ["endpoint", "status"], registry=r
         )
         self.errors = Counter(
-            "pix2pixhd_errors", "HTTP responses with status >= 400", ["endpoint", "status"], registry=r
+            "pix2pixhd_errors",
+            "HTTP responses with status >= 400",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "pix2pixhd_request_seconds",
@@ -303,7 +306,7 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         "/v1/edit",
         response_model=EditResponse,
         summary="Maps + an edit list (as `pix2pixhd edit`) -> before/after photos, edited maps",
-        description="`edits` is the JSON of `pix2pixhd edit` ({\"edits\": [...]}); each "
+        description='`edits` is the JSON of `pix2pixhd edit` ({"edits": [...]}); each '
         "`add` edit's mask is sent as a file part named by its `mask` value. Styles from "
         "reference photos need the feature encoder, which the ONNX model does not carry.",
     )

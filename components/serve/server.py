@@ -49,7 +49,9 @@ class AliasFollower:
         )
         old = self.holder.engine.version
         self.holder.swap(engine)
-        log.info("models:/%s@%s moved: version %s -> %s", self.name, self.alias, old, engine.version)
+        log.info(
+            "models:/%s@%s moved: version %s -> %s", self.name, self.alias, old, engine.version
+        )
         if self.on_reload is not None:
             self.on_reload()
         return True

@@ -112,7 +112,8 @@ def registered_onnx(
                     )
                 )
 
-            fetch(f"models:/{name}/{mv.version}", "version")
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            fetch(client.get_model_version_download_uri(name, mv.version), "version")
             if _onnx_in(tmp / "version") is None and mv.tags.get("onnx_model"):
                 fetch(mv.tags["onnx_model"], "onnx")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,9 @@ def resolve(model: str, tracking_uri: str | None = None, cache: Path | None = No
         return registered_onnx(*reg, tracking_uri=tracking_uri, cache=cache)
     path = Path(model)
     if not path.is_file():
-        raise InputError(f"--model {model}: no such file (a checkpoint, an .onnx file or models:/...)")
+        raise InputError(
+            f"--model {model}: no such file (a checkpoint, an .onnx file or models:/...)"
+        )
     if path.suffix.lower() == ".onnx":
         return Resolved(path, "")
     return Resolved(checkpoint_onnx(path, cache), "")
