@@ -44,20 +44,10 @@ class Engine:
     """One ONNX Runtime session; ``generate`` is safe to call from several threads."""
 
     def __init__(self, path: Path, threads: int = 0, source: str = "", version: str = ""):
-        import onnxruntime as ort
+        from components.engine import make_session
 
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such ONNX file")
-        opts = ort.SessionOptions()
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
+        self.session = make_session(path, "cpu", threads or None)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("producer") != "pix2pixhd-pipeline":
             raise InputError(f"{path}: not exported by `pix2pixhd export`")

@@ -1,10 +1,9 @@
 """What `serve --model` names, as a local ONNX file: an ONNX file as is, a checkpoint
-exported once (cached by content hash), or a registered version ``models:/<name>@<alias>``
+exported once (``components.engine.cached_onnx``: cached by content hash), or a registered version ``models:/<name>@<alias>``
 (or ``models:/<name>/<version>``) downloaded once per version."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -13,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.engine import cached_onnx  # torch is imported only when it exports
 from model.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -37,24 +37,6 @@ def registered(text: str) -> tuple[str, str | None, str | None] | None:
     if text.startswith("models:/") and match is None:
         raise InputError(f"--model {text}: expected models:/<name>@<alias> or models:/<name>/<n>")
     return match.groups() if match else None  # type: ignore[return-value]
-
-
-def checkpoint_onnx(path: Path, cache: Path | None = None) -> Path:
-    """The checkpoint's generator exported to ONNX, once per checkpoint content."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    out = (cache or cache_root()) / "onnx" / f"{digest}.onnx"
-    if out.is_file():
-        return out
-    from model.checkpoint import build_model, load_checkpoint  # torch: only on this path
-    from model.export import export_onnx
-
-    ckpt = load_checkpoint(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{digest}.{os.getpid()}.tmp.onnx")
-    log.info("exporting %s to ONNX (cached as %s)", path, out)
-    export_onnx(build_model(ckpt).eval(), tmp, cluster_centers=ckpt.get("cluster_centers") or None)
-    os.replace(tmp, out)
-    return out
 
 
 def _onnx_in(directory: Path) -> Path | None:
@@ -128,7 +110,7 @@ def registered_onnx(
                 f"models:/{name} version {mv.version}: neither an ONNX graph nor a checkpoint "
                 "among its artifacts"
             )
-        found = checkpoint_onnx(checkpoints[0], cache)
+        found = cached_onnx(checkpoints[0])
     log.info("models:/%s version %s -> %s", name, mv.version, found)
     return Resolved(found, str(mv.version))
 
@@ -145,4 +127,4 @@ def resolve(model: str, tracking_uri: str | None = None, cache: Path | None = No
         )
     if path.suffix.lower() == ".onnx":
         return Resolved(path, "")
-    return Resolved(checkpoint_onnx(path, cache), "")
+    return Resolved(cached_onnx(path), "")

@@ -34,7 +34,7 @@ CENTRES = {  # class id -> (k, feat_num): cars have 3 styles, roads 2
 @pytest.fixture(scope="session")
 def serve_model(tmp_path_factory) -> dict[str, Path]:
     from components import synth
-    from components.serve.source import checkpoint_onnx
+    from components.engine import cached_onnx
 
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(5)
@@ -44,7 +44,7 @@ def serve_model(tmp_path_factory) -> dict[str, Path]:
     payload = model_payload(model)
     payload["cluster_centers"] = CENTRES
     ckpt = save_checkpoint(root / "model.pth", payload)
-    onnx = checkpoint_onnx(ckpt, root / "cache")
+    onnx = cached_onnx(ckpt)  # what `serve --model model.pth` exports
     synth.run(root / "data", num_train=0, num_val=2, width=128, height=64, seed=0)
     return {"root": root, "checkpoint": ckpt, "onnx": onnx, "data": root / "data"}
 
@@ -81,6 +81,15 @@ def scene(h: int = 32, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
     inst[label == 26] = 26001
     inst[label == 24] = 24001
     return label, inst
+
+
+def far_from(mask: np.ndarray, distance: int) -> np.ndarray:
+    """Pixels farther than ``distance`` from the bounding box of ``mask``."""
+    ys, xs = np.nonzero(mask)
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
+    near = (yy >= ys.min() - distance) & (yy <= ys.max() + distance)
+    near &= (xx >= xs.min() - distance) & (xx <= xs.max() + distance)
+    return ~near
 
 
 def live(app):

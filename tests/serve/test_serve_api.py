@@ -28,7 +28,7 @@ from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
 from model.image_io import label_to_tensor, tensor_to_rgb
 from model.labels import LABELS
-from tests.serve.conftest import CENTRES, REACH, live, png, scene
+from tests.serve.conftest import CENTRES, REACH, far_from, live, png, scene
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +74,6 @@ def test_generate_matches_pytorch_at_native_size(client, engine, serve_model):
     ref = torch_reference(serve_model["checkpoint"], label, inst, feats)
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     assert post_generate(client, label, inst, seed=3).content == r.content  # deterministic
-
-
-def far_from(mask: np.ndarray, distance: int) -> np.ndarray:
-    """Pixels farther than ``distance`` (Chebyshev) from every pixel of ``mask``."""
-    ys, xs = np.nonzero(mask)
-    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
-    near = np.zeros_like(mask)
-    for y0, y1, x0, x1 in [(ys.min(), ys.max(), xs.min(), xs.max())]:
-        near = (yy >= y0 - distance) & (yy <= y1 + distance)
-        near &= (xx >= x0 - distance) & (xx <= x1 + distance)
-    return ~near
 
 
 def test_styles_choose_the_cluster_of_one_instance(client, engine):
