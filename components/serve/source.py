@@ -1,6 +1,6 @@
 """What `serve --model` names, as a local ONNX file: an ONNX file as is, a checkpoint
-exported once (``components.engine.cached_onnx``: cached by content hash), or a registered version ``models:/<name>@<alias>``
-(or ``models:/<name>/<version>``) downloaded once per version."""
+exported once (``components.engine.cached_onnx``: cached by content hash), or a registered
+version ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``), downloaded once."""
 
 from __future__ import annotations
 
