@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[mlops,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[mlops,serve,dev]'
 	# the official Cityscapes label table and evaluator, for cross-check tests; their other
 	# dependencies (an old `typing` backport among them) are not needed for that
 	$(BIN)/python -m pip install --quiet --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9

@@ -28,7 +28,8 @@ def test_dockerfiles_copy_existing_paths_and_pin_setup_cfg_torch():
             for path in src.split():
                 assert (ROOT / path).exists(), f"{name}: COPY {path} does not exist"
         assert f"torch=={pins['torch']}" in text and f"torchvision=={pins['torchvision']}" in text
-        assert "'.[mlops]'" in text  # kfp in the image: components skip installing it
+        # kfp in the image: components skip installing it
+        assert re.search(r"'\.\[mlops[\w,]*\]'", text)
 
 
 def test_kustomize_resources_exist_and_parse():
@@ -77,3 +78,34 @@ def test_cluster_mlflow_uses_the_backend_the_tests_run():
     assert f"psycopg2-binary=={dev['psycopg2-binary']}" in docker
     manifest = (ROOT / "infra/k8s/base/mlflow.yaml").read_text()
     assert f'--backend-store-uri "{BACKEND_SCHEME}://' in manifest
+
+
+def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
+    from components.cli import build_parser
+    from components.registry import ALIAS
+
+    docs = list(yaml.safe_load_all((ROOT / "infra/k8s/base/serve.yaml").read_text()))
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    service = next(d for d in docs if d["kind"] == "Service")
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "pix2pixhd-cpu"  # the image that installs the serve extra
+    assert "serve" in re.search(
+        r"pip install '\.\[([\w,]+)\]'", (ROOT / "infra/docker/Dockerfile.cpu").read_text()
+    ).group(1)
+    args = build_parser().parse_args(container["args"][1:])  # the real CLI accepts them
+    assert container["args"][0] == "pix2pixhd" and args.command == "serve"
+    name = load_params(ROOT / "params.yaml").evaluate.model_name
+    assert args.model == f"models:/{name}@{ALIAS}" and args.follow_alias
+    assert args.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == args.port
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    kust = yaml.safe_load((ROOT / "infra/k8s/base/kustomization.yaml").read_text())
+    assert "serve.yaml" in kust["resources"]
