@@ -161,6 +161,21 @@ def test_limits_answer_413(engine):
     assert r.status_code == 413 and r.json()["part"] == "body"
 
 
+def test_chunked_body_under_the_limit_is_served(client):
+    label, inst = scene()
+    files = {"label": ("l.png", png(label)), "instance": ("i.png", png(inst))}
+    request = httpx.Request("POST", "http://x/v1/generate", files=files)
+    body = request.read()
+
+    def chunks():  # no Content-Length: read, counted, then replayed to the form parser
+        for i in range(0, len(body), 500):
+            yield body[i : i + 500]
+
+    headers = {"content-type": request.headers["content-type"]}
+    r = client.post("/v1/generate", content=chunks(), headers=headers)
+    assert r.status_code == 200 and r.content == post_generate(client, label, inst).content
+
+
 def edit_request(client, label, inst, edits, masks=None, **data):
     files = {"label": ("l.png", png(label)), "instance": ("i.png", png(inst))}
     for name, mask in (masks or {}).items():
