@@ -6,7 +6,8 @@ street scene (label + instance PNG, model/synth.py) at the model's size, and rep
 throughput, p50/p95/p99 latency and the count of non-200 answers (503s included).
 
 Models (random weights: time does not depend on them; thing classes get 10 random
-cluster centres so per-instance features are drawn as for a trained model):
+cluster centres so per-instance features are drawn as for a trained model; exported here
+and served as an ONNX file):
 - ``demo``: the local generator of params.yaml at 256x128;
 - ``global_1024``: the paper's global generator (ngf 64, 9 blocks) at 1024x512;
 or ``--model PATH`` (a checkpoint or ONNX file) with ``--size WxH``.
@@ -36,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"demo": (256, 128), "global_1024": (1024, 512)}
 
 
-def make_checkpoint(name: str, path: Path) -> Path:
+def make_onnx(name: str, path: Path) -> Path:
+    """The configuration with random weights, exported (the served file)."""
     import torch
 
-    from model.checkpoint import model_payload, save_checkpoint
     from model.config import GeneratorConfig, ModelConfig
     from model.labels import LABELS
     from model.pix2pixhd import Pix2PixHD
@@ -51,13 +52,14 @@ def make_checkpoint(name: str, path: Path) -> Path:
         cfg = stage_model_config(load_params(ROOT / "params.yaml", []), "local")
     else:
         cfg = ModelConfig(generator=GeneratorConfig(ngf=64, n_local_enhancers=0))
-    payload = model_payload(Pix2PixHD(cfg, with_discriminator=False).eval())
+    from model.export import export_onnx
+
+    centres = None
     if cfg.use_instance_features:
         feat = cfg.encoder.feat_num
-        payload["cluster_centers"] = {
-            lab.id: torch.rand(10, feat) * 2 - 1 for lab in LABELS if lab.has_instances
-        }
-    return save_checkpoint(path, payload)
+        centres = {lab.id: torch.rand(10, feat) * 2 - 1 for lab in LABELS if lab.has_instances}
+    model = Pix2PixHD(cfg, with_discriminator=False).eval()
+    return export_onnx(model, path, cluster_centers=centres)
 
 
 def scene_pngs(width: int, height: int, n: int = 8) -> list[tuple[bytes, bytes]]:
@@ -87,8 +89,8 @@ def start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
     cmd += ["--port", str(port), "--workers", str(args.workers), "--queue", str(args.queue)]
     cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, **quiet)
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # the server's output
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900  # a checkpoint is exported on the first start
     while time.monotonic() < deadline and proc.poll() is None:
@@ -98,7 +100,8 @@ def start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
         except httpx.TransportError:
             time.sleep(0.5)
     proc.kill()
-    raise SystemExit("serve did not start")
+    log.seek(0)
+    raise SystemExit(f"serve did not start:\n{log.read()[-3000:]}")
 
 
 async def load(url: str, scenes: list, requests: int, concurrency: int) -> dict:
@@ -153,7 +156,7 @@ def main() -> None:
     args = p.parse_args()
     width, height = (int(v) for v in args.size.split("x")) if args.size else CONFIGS[args.config]
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or make_checkpoint(args.config, Path(tmp) / f"{args.config}.pth")
+        model = args.model or make_onnx(args.config, Path(tmp) / f"{args.config}.onnx")
         proc, url = start_server(model, args)
         try:
             result = asyncio.run(

@@ -1,7 +1,7 @@
 """The web editor as a person uses it: Debian's chromium, driven by Playwright, against
 `pix2pixhd serve` started from the command line. Open a bundled sample, paint a stroke of
 another class, generate: the photo changes where painted and nowhere out of the model's
-reach (conftest.REACH, measured); select an object and remove it; undo.
+reach (conftest.REACH, measured); select an object and remove it; undo; upload maps.
 
 Set SERVE_SCREENSHOT=path to keep the screenshot (docs/serve_editor.png was made so)."""
 
@@ -70,7 +70,7 @@ def server(serve_model, tmp_path):
     log.close()
 
 
-def test_paint_generate_select_remove_undo(server, tmp_path):
+def test_paint_generate_select_remove_undo_upload(server, serve_model, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
@@ -135,5 +135,12 @@ def test_paint_generate_select_remove_undo(server, tmp_path):
         # undo twice: back to the map as opened
         assert np.array_equal(page.evaluate("Array.from(editor.view)"), label0.ravel().tolist())
         page.screenshot(path=str(tmp_path / "editor.png"))
+
+        # upload maps from disk instead: the other val sample
+        other = sorted(Path(serve_model["data"]).rglob("*_gtFine_labelIds.png"))[-1]
+        page.set_input_files("#upload-label", str(other))
+        page.set_input_files("#upload-instance", str(other).replace("labelIds", "instanceIds"))
+        uploaded = generated(lambda: page.click("#open-upload"), 0)
+        assert np.array_equal(image(uploaded["label"]), np.asarray(Image.open(other)))
         assert not errors, errors
         browser.close()
