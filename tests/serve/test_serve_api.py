@@ -410,9 +410,10 @@ def test_serving_imports_and_answers_without_torch(serve_model):
         "from fastapi.testclient import TestClient\n"
         "from components.serve.app import create_app\n"
         "from components.serve.server import load\n"
-        "from tests.serve.conftest import png, scene\n"
+        "from components.serve.maps import png_bytes as png\n"
         f"c = TestClient(create_app(load({str(serve_model['onnx'])!r})))\n"
-        "label, inst = scene()\n"
+        "label = np.full((32, 64), 7, np.uint8); label[20:, 40:50] = 24\n"
+        "inst = label.astype(np.uint16); inst[label == 24] = 24001\n"
         "r = c.post('/v1/generate', files={'label': png(label), 'instance': png(inst)})\n"
         "e = c.post('/v1/edit', files={'label': png(label), 'instance': png(inst)},\n"
         '           data={\'edits\': \'{"edits": [{"op": "remove", "instance": 24001}]}\'})\n'
