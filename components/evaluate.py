@@ -1,10 +1,13 @@
 """Step `evaluate`: generate the val split, segment generated and real photos with the
-frozen segmenter, score both against the input label maps, and register the generator
-as a new version in the MLflow model registry with its scores and lineage.
+frozen segmenter and score both against the input label maps. The scores go to
+`export`, which registers the servable model with them.
 
 Writes ``metrics.json`` (pixel accuracy and mean IoU for generated and real photos),
 ``iou_per_class.csv``, ``samples.png`` (label | generated | real | segmentation of the
-generated image) and, when tracking is on, ``registration.json``.
+generated image) and ``evaluation.json`` (the scores, the checkpoint's sha256, the
+dataset hash and the MLflow run: what `export` registers the servable model with).
+The MLflow run logs the step's params, the scores as metrics, the val split as an input
+dataset (validate's hash as its digest) and the sample grid.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from components.export import file_sha256
 from components.params import EvaluateParams
 from components.segmenter import load_segmenter
 from components.tracking import Tracker, git_sha, orchestrator_tag
@@ -129,9 +134,26 @@ def run(
     dataset_hash = ckpt.get("dataset_hash", "")
     if data_summary is not None and Path(data_summary).is_file():
         dataset_hash = json.loads(Path(data_summary).read_text()).get("dataset_hash", "")
+    scores_flat = {
+        "generated_pixel_accuracy": s_fake.pixel_accuracy,
+        "generated_mean_iou": s_fake.mean_iou,
+        "real_pixel_accuracy": s_real.pixel_accuracy,
+        "real_mean_iou": s_real.mean_iou,
+        "mean_iou_ratio": s_fake.mean_iou / s_real.mean_iou if s_real.mean_iou else 0.0,
+    }
+    evaluation: dict[str, Any] = {
+        "model_name": params.model_name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "dataset_hash": dataset_hash,
+        "run_id": None,
+        # the registry's scores (registry.promote compares `mean_iou` by default)
+        "scores": {
+            "mean_iou": s_fake.mean_iou,
+            "pixel_accuracy": s_fake.pixel_accuracy,
+            **scores_flat,
+        },
+    }
     if tracking:
-        from components.registry import register_generator
-
         tracker = Tracker(tracking_uri=tracking_uri)
         tags = {
             "stage": "evaluate",
@@ -140,34 +162,25 @@ def run(
             "orchestrator": orchestrator_tag(orchestrator),
         }
         tracker.start(experiment, "evaluate", tags)
-        tracker.log_metrics(
+        tracker.log_params(
             {
-                "generated_pixel_accuracy": s_fake.pixel_accuracy,
-                "generated_mean_iou": s_fake.mean_iou,
-                "real_pixel_accuracy": s_real.pixel_accuracy,
-                "real_mean_iou": s_real.mean_iou,
-            },
-            step=0,
+                **{f"evaluate.{k}": v for k, v in asdict(params).items()},
+                "checkpoint": str(checkpoint),
+                "segmenter": str(segmenter),
+                "segmenter.crop": seg_params.crop,
+                "segmenter.flip": seg_params.flip,
+                "data": str(data),
+                "layout": lay,
+                "images": len(ds),
+            }
         )
+        tracker.log_input_dataset(str(data), "val", dataset_hash, context="evaluation")
+        tracker.log_metrics(scores_flat, step=0)
         tracker.log_artifact(out / "iou_per_class.csv")
         tracker.log_artifact(out / "samples.png")
-        tracker.log_artifact(checkpoint, "generator")
         tracker.end()
-        if tracker.run_id is not None:
-            version = register_generator(
-                params.model_name,
-                tracker.run_id,
-                "generator",
-                {"mean_iou": s_fake.mean_iou, "pixel_accuracy": s_fake.pixel_accuracy},
-                {
-                    "dataset_hash": dataset_hash,
-                    "git_sha": tags["git_sha"],
-                    "checkpoint": str(checkpoint),
-                },
-                tracking_uri,
-            )
-            metrics["registered"] = {"name": params.model_name, "version": version}
-            (out / "registration.json").write_text(json.dumps(metrics["registered"]) + "\n")
+        evaluation["run_id"] = tracker.run_id
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",

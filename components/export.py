@@ -1,11 +1,19 @@
 """Step `export`: the generator of a checkpoint as one ONNX graph (+ an fp16 copy for GPU
-serving), checked with onnx.checker and against PyTorch with onnxruntime, logged to
-MLflow (onnx flavour) beside the registered generator version."""
+serving), checked with onnx.checker and against PyTorch with onnxruntime, then logged to
+MLflow as a pyfunc model (the ONNX graph predicts; the checkpoint rides along as an
+artifact) and, given evaluate's ``evaluation.json``, registered as a new version of the
+generator with its scores: the servable model that `promote` may make the champion.
+
+Registering is idempotent per checkpoint: a version whose ``checkpoint_sha256`` tag
+matches (same weights, same serving format) is reused instead of adding a new one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +21,7 @@ import numpy as np
 
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import build_model, load_checkpoint
+from model.errors import InputError
 from model.export import example_inputs, export_onnx, input_names
 
 log = logging.getLogger(__name__)
@@ -20,6 +29,7 @@ log = logging.getLogger(__name__)
 # max |onnxruntime - PyTorch| accepted for an fp32 graph (images in [-1, 1]; 1/255 is
 # one 8-bit level): the cached graphs of `components.engine` must meet it.
 PARITY_ATOL = 1e-4
+SERVING_FORMAT = "pyfunc-onnx-1"  # bump when the pyfunc wrapper's contract changes
 
 
 def parity(model: Any, onnx_path: Path, sizes: tuple[tuple[int, int, int], ...]) -> float:
@@ -39,16 +49,104 @@ def parity(model: Any, onnx_path: Path, sizes: tuple[tuple[int, int, int], ...])
     return worst
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def serving_signature(model: Any, centres: bool) -> tuple[Any, dict[str, np.ndarray]]:
+    """The pyfunc signature and a small input example at a size that is not a multiple
+    of the graph's (the wrapper pads and crops)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    cfg = model.cfg
+    maps = (-1, 1, -1, -1)
+    specs = [TensorSpec(np.dtype(np.int64), maps, "label")]
+    if cfg.use_instance_map:
+        specs.append(TensorSpec(np.dtype(np.int64), maps, "instance"))
+    if cfg.use_instance_features and not centres:  # without centres features are required
+        specs.append(
+            TensorSpec(np.dtype(np.float32), (-1, cfg.encoder.feat_num, -1, -1), "features")
+        )
+    signature = ModelSignature(
+        inputs=Schema(specs),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "image")]),
+        params=ParamSchema([ParamSpec("seed", "long", 0)]),
+    )
+    m = cfg.generator.size_multiple
+    tensors = example_inputs(model, 1, 2 * m, 4 * m)
+    example = {
+        spec.name: t[..., : 2 * m - 3, : 4 * m - 5].numpy()
+        for spec, t in zip(specs, tensors, strict=False)
+    }
+    return signature, example
+
+
+def log_servable_model(
+    onnx_path: Path, checkpoint: Path, signature: Any, example: dict[str, np.ndarray]
+) -> Any:
+    """Log the pyfunc model into the active MLflow run; returns its ModelInfo."""
+    import importlib.metadata as md
+
+    import mlflow
+
+    from components import pyfunc_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # the wrapper travels as a one-module package of the same import name, so the
+        # pickled model loads where the project is not installed
+        pkg = Path(tmp) / "components"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        (pkg / "pyfunc_model.py").write_text(Path(pyfunc_model.__file__).read_text())
+        return mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=pyfunc_model.OnnxGenerator(),
+            artifacts={
+                pyfunc_model.ONNX_ARTIFACT: str(onnx_path),
+                pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint),
+            },
+            code_paths=[str(pkg)],
+            signature=signature,
+            input_example=(example, {"seed": 0}),
+            pip_requirements=[
+                f"mlflow=={md.version('mlflow')}",
+                f"onnxruntime=={md.version('onnxruntime')}",
+                f"numpy=={md.version('numpy')}",
+            ],
+        )
+
+
+def read_evaluation(path: Path, checkpoint_sha256: str) -> dict[str, Any]:
+    try:
+        evaluation = json.loads(Path(path).read_text())
+        scores = {k: float(v) for k, v in evaluation["scores"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: not an evaluation.json written by evaluate ({exc})") from None
+    if evaluation.get("checkpoint_sha256") not in (None, checkpoint_sha256):
+        raise InputError(
+            f"{path}: the evaluation is of another checkpoint (sha256 "
+            f"{str(evaluation['checkpoint_sha256'])[:12]}..., this one {checkpoint_sha256[:12]}...)"
+        )
+    return {**evaluation, "scores": scores}
+
+
 def run(
     checkpoint: Path,
     out: Path,
     fp16: bool = True,
     tracking: bool = True,
     tracking_uri: str | None = None,
-    registration: Path | None = None,
+    evaluation: Path | None = None,
     experiment: str = "pix2pixhd",
     orchestrator: str | None = None,
 ) -> dict[str, Any]:
+    ckpt_sha = file_sha256(checkpoint)
+    evaluated = read_evaluation(evaluation, ckpt_sha) if evaluation is not None else None
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     centres = ckpt.get("cluster_centers") or None
@@ -59,43 +157,104 @@ def run(
         "onnx": str(path),
         "max_abs_diff_vs_torch": max_diff,
         "inputs": input_names(model),
+        "checkpoint_sha256": ckpt_sha,
     }
     if fp16:
         fp16_path = out.with_name(out.stem + "_fp16.onnx")
         export_onnx(model, fp16_path, fp16=True, cluster_centers=centres)
         summary["onnx_fp16"] = str(fp16_path)
+    registration_file = out.parent / "registration.json"
+    registration_file.unlink(missing_ok=True)  # never leave a stale one for promote
     if tracking:
-        import onnx
+        from components import registry
 
-        tracker = Tracker(tracking_uri=tracking_uri)
-        tracker.start(
-            experiment,
-            "export",
-            {
-                "stage": "export",
-                "git_sha": git_sha(),
-                "orchestrator": orchestrator_tag(orchestrator),
-            },
-        )
-        proto = onnx.load(str(path))
-        info = tracker._call(
-            "onnx.log_model",
-            lambda mlflow: mlflow.onnx.log_model(
-                proto, name="onnx", pip_requirements=["onnxruntime", "numpy"]
-            ),
-        )
-        tracker.log_metrics({"onnx_max_abs_diff": max_diff}, step=0)
-        tracker.end()
-        if info is not None:
-            summary["mlflow_model_uri"] = info.model_uri
-            if registration is not None and Path(registration).is_file():
-                reg = json.loads(Path(registration).read_text())
-                tracker._call(
-                    "tag version",
-                    lambda mlflow: mlflow.MlflowClient().set_model_version_tag(
-                        reg["name"], reg["version"], "onnx_model", info.model_uri
-                    ),
+        name = evaluated.get("model_name") if evaluated else None
+        existing = None
+        if name:
+            existing = registry.find_version(name, ckpt_sha, SERVING_FORMAT, tracking_uri)
+        if existing is not None:
+            log.info("%s v%s already serves this checkpoint: not registered again", name, existing)
+            summary["registered"] = {"name": name, "version": existing, "reused": True}
+        else:
+            summary.update(
+                _log_and_register(
+                    model,
+                    path,
+                    checkpoint,
+                    ckpt_sha,
+                    evaluated,
+                    max_diff,
+                    centres is not None,
+                    tracking_uri,
+                    experiment,
+                    orchestrator,
                 )
+            )
+        if "registered" in summary:
+            registration_file.write_text(json.dumps(summary["registered"]) + "\n")
     (out.parent / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("exported %s (max |onnx - torch| = %.2e)", path, max_diff)
     return summary
+
+
+def _log_and_register(
+    model: Any,
+    onnx_path: Path,
+    checkpoint: Path,
+    ckpt_sha: str,
+    evaluated: dict[str, Any] | None,
+    max_diff: float,
+    has_centres: bool,
+    tracking_uri: str | None,
+    experiment: str,
+    orchestrator: str | None,
+) -> dict[str, Any]:
+    from components import registry
+
+    tracker = Tracker(tracking_uri=tracking_uri)
+    tags = {
+        "stage": "export",
+        "git_sha": git_sha(),
+        "orchestrator": orchestrator_tag(orchestrator),
+        "checkpoint_sha256": ckpt_sha,
+    }
+    if evaluated:
+        tags["evaluate_run_id"] = str(evaluated.get("run_id") or "")
+        tags["dataset_hash"] = str(evaluated.get("dataset_hash") or "")
+    tracker.start(experiment, "export", tags)
+    signature, example = serving_signature(model, has_centres)
+    info = tracker._call(
+        "pyfunc.log_model",
+        lambda mlflow: log_servable_model(onnx_path, checkpoint, signature, example),
+    )
+    tracker.log_metrics({"onnx_max_abs_diff": max_diff}, step=0)
+    if evaluated:  # the scores of this model, on the run that logged it
+        tracker.log_metrics(evaluated["scores"], step=0)
+    tracker.end()
+    result: dict[str, Any] = {}
+    if info is None:
+        return result
+    result["mlflow_model_uri"] = info.model_uri
+    if evaluated and evaluated.get("model_name") and tracker.run_id:
+        version = registry.register_generator(
+            evaluated["model_name"],
+            tracker.run_id,
+            info.model_uri,
+            evaluated["scores"],
+            {
+                "dataset_hash": str(evaluated.get("dataset_hash") or ""),
+                "git_sha": tags["git_sha"],
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": ckpt_sha,
+                "serving_format": SERVING_FORMAT,
+                "evaluate_run_id": str(evaluated.get("run_id") or ""),
+            },
+            tracking_uri,
+            model_id=getattr(info, "model_id", None),
+        )
+        result["registered"] = {
+            "name": evaluated["model_name"],
+            "version": version,
+            "model_uri": info.model_uri,
+        }
+    return result

@@ -203,6 +203,50 @@ class Generator:
             where=session.get_providers()[0],
         )
 
+    @classmethod
+    def from_mlflow(cls, uri: str) -> Generator:
+        """A registered or logged pyfunc model (``models:/NAME@champion``, ``runs:/...``):
+        MLflow loads it and its ONNX graph predicts (components.pyfunc_model)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            loaded = mlflow.pyfunc.load_model(uri)
+            wrapper = loaded.unwrap_python_model()
+        except (MlflowException, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{uri}: not a loadable MLflow model: {first}") from None
+        if not hasattr(wrapper, "size_multiple"):
+            raise InputError(f"{uri}: not a generator logged by `pix2pixhd export`")
+
+        def fn(label, inst, image, features):
+            if image is not None:
+                raise InputError(
+                    "MLflow models cannot encode features from photos: drop --images "
+                    "(features come from the cluster centres)"
+                )
+            feeds = {"label": label.numpy()}
+            if inst is not None:
+                feeds["instance"] = inst.numpy()
+            if features is not None:
+                feeds["features"] = features.numpy().astype(np.float32)
+            # the python model itself: explicit features pass (the signature only
+            # declares the maps; pyfunc's schema check would drop them)
+            return torch.from_numpy(wrapper.predict(None, feeds))
+
+        return cls(
+            wrapper.label_nc,
+            wrapper.use_instance_map,
+            wrapper.use_instance_features,
+            wrapper.feat_num,
+            wrapper.size_multiple,
+            {k: torch.from_numpy(v) for k, v in wrapper.centres.items()},
+            fn,
+            torch.device("cpu"),
+            engine="mlflow-pyfunc",
+            where=wrapper.session.get_providers()[0],
+        )
+
 
 def generate_batch(
     gen: Generator,
@@ -241,14 +285,21 @@ def run(
     seed: int = 0,
     onnx: Path | None = None,
     engine: str = "auto",
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Generate one PNG per label map into ``out`` with a checkpoint or an exported ONNX
     model, in ONNX Runtime (default; a checkpoint's graph is exported once and cached)
-    or PyTorch (``engine="torch"``; see ``components.engine``); returns and writes a
+    or PyTorch (``engine="torch"``; see ``components.engine``), or with an MLflow model
+    URI (``models:/NAME@champion``: the registered pyfunc model); returns and writes a
     summary."""
     from components.engine import load_generator
 
-    gen = load_generator(checkpoint, onnx, engine, device, encode_photos=images is not None)
+    if model is not None:
+        if checkpoint is not None or onnx is not None:
+            raise InputError("give exactly one of --checkpoint, --onnx and --model")
+        gen = Generator.from_mlflow(model)
+    else:
+        gen = load_generator(checkpoint, onnx, engine, device, encode_photos=images is not None)
     if gen.use_instance_features and images is None and not gen.centres:
         raise InputError(
             "this model uses instance features: pass --images DIR with the photos to encode "
@@ -287,7 +338,7 @@ def run(
         "seconds_per_image": round(seconds / len(samples), 4),
         "device": gen.where,
         "engine": gen.engine,
-        "runtime": "onnxruntime" if gen.engine == "onnx" else "pytorch",
+        "runtime": "pytorch" if gen.engine == "torch" else "onnxruntime",
     }
     (out / "generate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(

@@ -1,11 +1,12 @@
 """MLflow model registry: register generator versions, promote with a metric gate.
 
 Promotion moves the alias ``champion`` (stages are deprecated in MLflow and not used).
-A candidate passes the gate when its metric beats the current champion's by at least
-``min_delta`` (the first model always passes); passing versions are tagged
-``promotion=passed``. The alias is then set to the best passing version, and re-checked
-until it is: two promotions racing both converge on the better model, because each
-writer re-reads after its own write and the set of passing versions only grows.
+A candidate passes the gate when its metric beats the current champion's by more than
+``min_delta`` (a tie does not move the alias; the first model always passes); passing
+versions are tagged ``promotion=passed``. The alias is then set to the best passing
+version, and re-checked until it is: promotions racing each other converge on the best
+model, because each writer re-reads after its own write and the set of passing
+versions only grows.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ def _client(tracking_uri: str | None) -> Any:
 def register_generator(
     name: str,
     run_id: str,
-    artifact_path: str,
+    source: str,
     metrics: dict[str, float],
     tags: dict[str, str],
     tracking_uri: str | None = None,
+    model_id: str | None = None,
 ) -> str:
-    """A new version of ``name`` pointing at the run's ``artifact_path``; metrics and
-    lineage become version tags. Returns the version number."""
+    """A new version of ``name`` from ``source`` (a logged model's URI, or an artifact
+    path of the run); metrics and lineage become version tags. Returns the version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -48,16 +50,35 @@ def register_generator(
         client.create_registered_model(name)
     except MlflowException:
         pass  # exists already
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri}/{artifact_path}"
+    if "://" not in source and not source.startswith("models:/"):
+        source = f"{client.get_run(run_id).info.artifact_uri}/{source}"
     all_tags = {
         **{k: str(v) for k, v in tags.items()},
         **{k: repr(float(v)) for k, v in metrics.items()},
         "run_id": run_id,
     }
-    mv = client.create_model_version(name, source, run_id=run_id, tags=all_tags)
+    mv = client.create_model_version(name, source, run_id=run_id, tags=all_tags, model_id=model_id)
     log.info("registered %s version %s", name, mv.version)
     return str(mv.version)
+
+
+def find_version(
+    name: str, checkpoint_sha256: str, serving_format: str, tracking_uri: str | None = None
+) -> str | None:
+    """The newest version of ``name`` that already serves this checkpoint, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = _client(tracking_uri).search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [
+        int(v.version)
+        for v in versions
+        if v.tags.get("checkpoint_sha256") == checkpoint_sha256
+        and v.tags.get("serving_format") == serving_format
+    ]
+    return str(max(same)) if same else None
 
 
 def _metric(mv: Any, metric: str) -> float:
@@ -98,16 +119,19 @@ def promote(
         champion = None
     if champion is None:
         passed, reason = True, "first model: promoted"
+    elif str(champion.version) == version:
+        passed, reason = False, "already the champion"
     else:
         best = _metric(champion, metric)
-        passed = candidate >= best + min_delta
-        verdict = ">=" if passed else "<"
+        passed = candidate > best + min_delta  # a tie does not move the alias
+        verdict = ">" if passed else "<="
         reason = (
             f"{metric} {candidate:.4f} {verdict} champion v{champion.version} "
             f"{best:.4f} + min_delta {min_delta}"
         )
-    client.set_model_version_tag(name, version, "promotion", "passed" if passed else "rejected")
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    if reason != "already the champion":  # its passed tag stays
+        client.set_model_version_tag(name, version, "promotion", "passed" if passed else "rejected")
+        client.set_model_version_tag(name, version, "promotion_reason", reason)
     final = None
     if passed:
         final = _converge(client, name, metric, _before_alias_write)
@@ -129,7 +153,8 @@ def _best_passing(client: Any, name: str, metric: str) -> Any:
         for v in client.search_model_versions(f"name='{name}'")
         if v.tags.get("promotion") == "passed"
     ]
-    return max(passing, key=lambda v: (_metric(v, metric), int(v.version)))
+    # equal scores: the earlier version keeps the alias (a tie does not move it)
+    return max(passing, key=lambda v: (_metric(v, metric), -int(v.version)))
 
 
 def _converge(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_RUN_ENV = "PIX2PIXHD_PIPELINE_RUN"  # set by the DAG drivers (dvc: make demo, kfp)
 
 
 def git_sha(root: Path = PROJECT_ROOT) -> str:
@@ -72,6 +74,9 @@ class Tracker:
         return result
 
     def start(self, experiment: str, run_name: str, tags: dict[str, str]) -> None:
+        if os.environ.get(PIPELINE_RUN_ENV):  # one tag shared by a pipeline's runs
+            tags = {**tags, "pipeline_run": os.environ[PIPELINE_RUN_ENV]}
+
         def go(mlflow: Any) -> str:
             mlflow.set_experiment(experiment)
             run = mlflow.start_run(run_name=run_name, tags=tags)
@@ -91,6 +96,21 @@ class Tracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", lambda m: m.log_artifact(str(path), artifact_path))
+
+    def log_input_dataset(self, source: str, name: str, digest: str, context: str) -> None:
+        """The data a run used, as an MLflow dataset input (digest: validate's hash)."""
+
+        def go(mlflow: Any) -> None:
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways"
+                warnings.simplefilter("ignore", UserWarning)
+                src = resolve_dataset_source(source)
+            dataset = MetaDataset(src, name=name, digest=digest[:36])  # MLflow's limit: 36
+            mlflow.log_input(dataset, context=context, tags={"dataset_hash": digest})
+
+        self._call("log_input", go)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

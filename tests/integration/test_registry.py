@@ -45,12 +45,17 @@ def test_first_model_is_promoted_then_gate_both_ways(store):
     result = promote("gate", v2, min_delta=0.02, tracking_uri=uri)  # 0.41 < 0.40 + 0.02
     assert not result["promoted"] and _champion(store, "gate") == v1
     reason = client.get_model_version("gate", v2).tags["promotion_reason"]
-    assert "0.4100 < champion v1 0.4000 + min_delta 0.02" in reason
+    assert "0.4100 <= champion v1 0.4000 + min_delta 0.02" in reason
     v3 = _version(store, "gate", 0.45)
     assert promote("gate", None, min_delta=0.02, tracking_uri=uri)["promoted"]  # newest: v3
     assert _champion(store, "gate") == v3
     tags = client.get_model_version("gate", v3).tags
     assert tags["dataset_hash"] == "abc" and float(tags["mean_iou"]) == 0.45
+    tie = _version(store, "gate", 0.45)  # a tie does not move the alias
+    result = promote("gate", tie, tracking_uri=uri)
+    assert not result["promoted"] and _champion(store, "gate") == v3
+    again = promote("gate", v3, tracking_uri=uri)  # rerun on the champion: nothing moves
+    assert again["reason"] == "already the champion" and _champion(store, "gate") == v3
 
 
 def test_racing_promotions_end_on_the_better_model(store):
