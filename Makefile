@@ -26,7 +26,7 @@ test: setup lint
 
 demo: setup
 	$(BIN)/python -m components.cli --help >/dev/null
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PIX2PIXHD_PIPELINE_RUN=dvc-$$(date -u +%Y%m%dT%H%M%SZ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 bench: setup
 	$(BIN)/python bench/generation.py

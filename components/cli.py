@@ -279,6 +279,11 @@ COMMANDS: tuple[Command, ...] = (
         options=(
             opt("--checkpoint", type=_location, help="a checkpoint"),
             opt("--onnx", type=_location, help="an exported model (runs in onnxruntime)"),
+            opt(
+                "--model",
+                help="an MLflow model URI, e.g. models:/pix2pixhd-generator@champion (the "
+                "registered pyfunc model; tracking server from MLFLOW_TRACKING_URI)",
+            ),
             ENGINE,
             opt("--labels", type=_location, required=True, help="directory of label-id PNGs"),
             opt("--instances", type=_location, help="directory of instance-id PNGs"),
@@ -288,7 +293,7 @@ COMMANDS: tuple[Command, ...] = (
             opt("--seed", type=int, default=0, help="cluster-centre draws (feature models)"),
             opt("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)"),
         ),
-        mutually_exclusive=(("--checkpoint", "--onnx"),),
+        mutually_exclusive=(("--checkpoint", "--onnx", "--model"),),
     ),
     Command(
         "train",
@@ -376,10 +381,10 @@ COMMANDS: tuple[Command, ...] = (
         "components.promote:run",
         help="move the 'champion' alias to a version if it beats the champion",
         description="Gate a registered generator version on its metric: it becomes the "
-        "champion only if it beats the current one by promote.min_delta (the first model "
-        "always does); otherwise the reason is recorded on the version.",
+        "champion only if it beats the current one by more than promote.min_delta (the "
+        "first model always does; a tie does not); the reason is recorded on the version.",
         options=(
-            opt("--registration", type=_location, help="evaluate's registration.json"),
+            opt("--registration", type=_location, help="export's registration.json"),
             opt(
                 "--model-name",
                 dest="name",
@@ -404,15 +409,17 @@ COMMANDS: tuple[Command, ...] = (
         help="export the generator to ONNX (label ids in, image out)",
         description="Export the whole generator as one ONNX graph taking raw label ids "
         "(+ instance ids, + features); check it against PyTorch with onnxruntime; write an "
-        "fp16 copy for GPU serving; log it to MLflow (onnx flavour).",
+        "fp16 copy for GPU serving; log it to MLflow as a pyfunc model (the ONNX graph "
+        "predicts, the checkpoint is an artifact) and, with --evaluation, register it.",
         options=(
             opt("--checkpoint", type=_location, required=True),
             opt("--out", type=_location, required=True, help="model.onnx to write"),
             opt("--no-fp16", dest="fp16", action="store_false", help="skip the fp16 copy"),
             opt(
-                "--registration",
+                "--evaluation",
                 type=_location,
-                help="evaluate's registration.json: tag that version with the ONNX model",
+                help="evaluate's evaluation.json: register the servable model as a new "
+                "version of the generator with these scores (registration.json beside --out)",
             ),
             TRACKING,
             PARAMS,

@@ -3,8 +3,9 @@ frozen segmenter and score both against the input label maps. The scores go to
 `export`, which registers the servable model with them.
 
 Writes ``metrics.json`` (pixel accuracy and mean IoU for generated and real photos),
-``iou_per_class.csv``, ``samples.png`` (label | generated | real | segmentation of the
-generated image) and ``evaluation.json`` (the scores, the checkpoint's sha256, the
+``iou_per_class.csv``, ``confusion_matrix.json`` (19 train ids, generated images),
+``samples.png`` (label | generated | real | segmentation of the generated image) and
+``evaluation.json`` (the scores, the checkpoint's sha256, the
 dataset hash and the MLflow run: what `export` registers the servable model with).
 The MLflow run logs the step's params, the scores as metrics, the val split as an input
 dataset (validate's hash as its digest) and the sample grid.
@@ -182,6 +183,12 @@ def run(
         evaluation["run_id"] = tracker.run_id
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    confusion = {  # generated images: rows ground truth, columns prediction (train ids)
+        "categories": list(TRAIN_NAMES),
+        "matrix": cm_fake.matrix[:, : len(TRAIN_NAMES)].tolist(),
+    }
+    (out / "confusion_matrix.json").write_text(json.dumps(confusion) + "\n")
+    metrics["scores"] = scores_flat  # flat, for orchestrators' metric outputs (kfp)
     log.info(
         "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",
         s_fake.pixel_accuracy,

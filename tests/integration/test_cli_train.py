@@ -100,9 +100,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
     assert steps == [str(i) for i in range(1, 37)]
 
 
-def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch):
+def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch, mlflow_uri):
+    """train -> features -> evaluate -> export -> promote against the real tracking
+    server (PostgreSQL, artifacts on S3), then the champion loads and predicts."""
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     g, loc, feats = tmp_path / "g", tmp_path / "l", tmp_path / "f"
     assert (
         main(
@@ -224,14 +226,27 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch)
     assert scores["real"]["mean_iou"] == pytest.approx(oracle["val_real_mean_iou"])
     assert 0 <= scores["generated"]["pixel_accuracy"] <= 1 and scores["images"] == 2
     assert (ev / "samples.png").is_file() and (ev / "iou_per_class.csv").is_file()
-    assert scores["registered"]["version"] == "1"
+    evaluation = json.loads((ev / "evaluation.json").read_text())
+    ev_run = client.get_run(evaluation["run_id"])
+    assert ev_run.data.metrics["generated_mean_iou"] == pytest.approx(
+        scores["generated"]["mean_iou"]
+    )
+    assert ev_run.data.params["evaluate.model_name"] == "pix2pixhd-generator"
+    (ds_input,) = ev_run.inputs.dataset_inputs
+    summary_hash = evaluation["dataset_hash"]
+    assert {t.key: t.value for t in ds_input.tags}["dataset_hash"] == summary_hash
+    exp = tmp_path / "export"
+    args = ["--checkpoint", str(feats / "model.pth"), "--out", str(exp / "model.onnx")]
+    args += ["--evaluation", str(ev / "evaluation.json"), "--tracking-uri", uri, "--no-fp16"]
+    assert main(["export", *args, *_sets()]) == 0
+    registration = json.loads((exp / "registration.json").read_text())
     decision = tmp_path / "promote.json"
     assert (
         main(
             [
                 "promote",
                 "--registration",
-                str(ev / "registration.json"),
+                str(exp / "registration.json"),
                 "--tracking-uri",
                 uri,
                 "--out",
@@ -242,8 +257,25 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch)
     )
     assert json.loads(decision.read_text())["promoted"] is True
     champion = client.get_model_version_by_alias("pix2pixhd-generator", "champion")
-    assert str(champion.version) == "1" and champion.tags["promotion"] == "passed"
+    assert str(champion.version) == registration["version"]
+    assert champion.tags["promotion"] == "passed"
     assert float(champion.tags["mean_iou"]) == pytest.approx(scores["generated"]["mean_iou"])
+    assert champion.tags["evaluate_run_id"] == evaluation["run_id"]
+    export_run = client.get_run(champion.run_id)  # lineage: export run -> evaluate run
+    assert export_run.data.tags["evaluate_run_id"] == evaluation["run_id"]
+    model = mlflow.pyfunc.load_model("models:/pix2pixhd-generator@champion")
+    lab = data / "gtFine" / "val"
+    from model.image_io import read_instance, read_label
+
+    label = read_label(sorted(lab.rglob("*_labelIds.png"))[0]).astype("int64")[None, None]
+    inst = read_instance(sorted(lab.rglob("*_instanceIds.png"))[0]).astype("int64")[None, None]
+    image = model.predict({"label": label, "instance": inst})
+    assert image.shape == (1, 3, 32, 64) and image.dtype == "float32"
+    assert abs(image).max() <= 1
+    # the same pipeline again: the same checkpoint is not registered a second time
+    assert main(["export", *args, *_sets()]) == 0
+    again = json.loads((exp / "registration.json").read_text())
+    assert again["version"] == registration["version"] and again["reused"] is True
 
 
 def test_tracking_failure_does_not_stop_training(data, tmp_path, monkeypatch, caplog):
