@@ -206,8 +206,12 @@ PIPELINE_ARGS = opt(
 CLUSTER = Group(
     "cluster",
     (
-        opt("--image", help="image of the CPU steps (default: pix2pixhd-cpu:latest)"),
-        opt("--gpu-image", help="image of the training steps (default: pix2pixhd-cuda:latest)"),
+        opt(
+            "--image",
+            help="image of the CPU steps, pinned: REG/pix2pixhd-cpu@sha256:... or a release "
+            "tag (required to compile or submit; :latest is refused)",
+        ),
+        opt("--gpu-image", help="image of the training steps, pinned likewise (required)"),
         opt("--gpus", type=_positive_int, help="GPUs per training pod / node (1)"),
         opt(
             "--nodes",

@@ -29,8 +29,8 @@ GPU_TASKS = ("train-global", "train-local")
 class ClusterSettings:
     """Compile-time settings: images, accelerators, secrets, multi-node training."""
 
-    image: str = "ghcr.io/pix2pixhd-pipeline/pix2pixhd-cpu:latest"
-    gpu_image: str = "ghcr.io/pix2pixhd-pipeline/pix2pixhd-cuda:latest"
+    image: str = ""  # required to compile/submit: a digest or a release tag, not :latest
+    gpu_image: str = ""
     accelerator: str = "nvidia.com/gpu"
     gpus: int = 1  # per training pod (or per node with num_nodes > 1)
     gpu_node_selector: Mapping[str, str] = field(
@@ -110,11 +110,33 @@ def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
     return task
 
 
+LOCAL_IMAGE = "pix2pixhd-local:unused"  # kfp.local's SubprocessRunner runs no image
+NO_CACHE = ("synth", "evaluate", "export", "promote")  # side effects or a changing source
+
+
+def check_images(settings: ClusterSettings) -> None:
+    """A cluster run must say which build it runs: both images given, each pinned by
+    digest (``@sha256:...``) or by a tag other than ``latest``."""
+    from model.errors import ConfigError
+
+    for flag, image in (("--image", settings.image), ("--gpu-image", settings.gpu_image)):
+        if not image:
+            raise ConfigError(
+                f"{flag} is required: the project image pinned by digest "
+                "(REGISTRY/pix2pixhd-...@sha256:...) or by a release tag"
+            )
+        name = image.rsplit("/", 1)[-1]
+        if "@sha256:" not in image and (":" not in name or name.endswith(":latest")):
+            raise ConfigError(
+                f"{flag} {image}: pin it by digest (@sha256:...) or a tag other than latest"
+            )
+
+
 def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) -> Any:
     """The pipeline function for ``params_yaml`` (text) and the cluster settings."""
     from kfp import dsl
 
-    settings = settings or ClusterSettings()
+    settings = settings or ClusterSettings(image=LOCAL_IMAGE, gpu_image=LOCAL_IMAGE)
     p = params_from_text(params_yaml, [])  # fail at compile time on a bad params file
     c = _components(settings)
     distributed = settings.distributed()
@@ -142,6 +164,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
         overrides: list = [],  # noqa: B006 (kfp reads the default as the parameter's)
     ) -> None:
         common = {"params_yaml": params_yaml, "overrides": overrides}
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # MLflow runs of this execution share it
         size = {"width": width, "height": height}
         synth = c["synth"](
             **common, dataset_uri=dataset_uri, num_train=num_train, num_val=num_val, **size
@@ -158,6 +181,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             "niter_decay_local": niter_decay_local,
             "tracking_uri": tracking_uri,
             "distributed": distributed,
+            "pipeline_run": run_id,
             "data": synth.outputs["data"],
             "boundaries": bounds.outputs["out"],
             "report": validate.outputs["report"],
@@ -175,6 +199,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
         ev = c["evaluate"](
             **common,
             tracking_uri=tracking_uri,
+            pipeline_run=run_id,
             data=synth.outputs["data"],
             report=validate.outputs["report"],
             generator=feats.outputs["model"],
@@ -183,6 +208,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
         exp = c["export"](
             **common,
             tracking_uri=tracking_uri,
+            pipeline_run=run_id,
             generator=feats.outputs["model"],
             evaluation=ev.outputs["evaluation"],
         )
@@ -190,12 +216,14 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             **common,
             tracking_uri=tracking_uri,
             min_delta=min_delta,
-            evaluation=ev.outputs["evaluation"],
+            exported=exp.outputs["onnx_model"],  # after export: the servable version
         )
         for task in (synth, validate, bounds, feats, seg, ev, exp, prom):
             _configure(task, settings, gpu=False)
         for task in (train_g, train_l):
             _configure(task, settings, gpu=settings.num_nodes <= 1)
+        for task in (synth, ev, exp, prom):  # NO_CACHE: register/promote/log, or a URI
+            task.set_caching_options(False)
 
     missing = set(PARAM_KEYS) - set(inspect.signature(pix2pixhd.pipeline_func).parameters)
     if missing:  # the map and the signature are one definition read twice
@@ -206,6 +234,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
 def compile_pipeline(params_file: Path, out: Path, settings: ClusterSettings | None = None) -> Path:
     from kfp import compiler
 
+    check_images(settings or ClusterSettings())
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=str(out))
@@ -220,7 +249,7 @@ def run_local(
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    settings = ClusterSettings(s3_secret="", gpus=1)
+    settings = ClusterSettings(image=LOCAL_IMAGE, gpu_image=LOCAL_IMAGE, s3_secret="", gpus=1)
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
     # expected here, once per task: the project image is this environment, and cluster
     # resources do not apply to local subprocesses
@@ -248,6 +277,7 @@ def submit(
 
     from model.errors import Pix2PixHDError
 
+    check_images(settings or ClusterSettings())
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
     try:
         client = kfp.Client(host=host, namespace=namespace)

@@ -135,13 +135,17 @@ def train_task(
     for k, v in result.items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             metrics.log_metric(k, float(v))
+    for k, v in (result.get("final_losses") or {}).items():  # the losses, flat
+        if k not in ("step", "epoch") and isinstance(v, int | float):
+            metrics.log_metric(f"final_{k}", float(v))
     return result
 
 
 def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:
     from pipelines import trainjob
 
-    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI") if k in os.environ}
+    names = ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "PIX2PIXHD_PIPELINE_RUN")
+    env = {k: os.environ[k] for k in names if k in os.environ}
     name = re.sub(r"[^a-z0-9-]", "-", f"p2phd-{stage}-{uuid.uuid4().hex[:8]}")
     spec = trainjob.JobSpec(
         name=name,

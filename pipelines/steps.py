@@ -11,7 +11,7 @@ pipeline names here; ``pipelines.parameters`` alone says which params key each s
 (No ``from __future__ import annotations``: kfp reads these annotations at runtime.)
 """
 
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
 def synth(
@@ -100,6 +100,7 @@ def train(
     niter_decay_local: int,
     tracking_uri: str,
     distributed: str,
+    pipeline_run: str,
     data: Input[Dataset],
     boundaries: Input[Dataset],
     report: Input[Artifact],
@@ -109,8 +110,12 @@ def train(
 ) -> None:
     """One training stage (``global``, or ``local`` initialised from ``global_checkpoint``);
     a GPU task, or with multi-node settings a launcher of a Kubeflow Trainer job (see
-    ``pipelines.launcher``)."""
+    ``pipelines.launcher``). ``metrics``: the final losses."""
+    import os
+
     from pipelines.launcher import TrainArtifacts, train_task
+
+    os.environ["PIX2PIXHD_PIPELINE_RUN"] = pipeline_run  # the runs' shared MLflow tag
     from pipelines.parameters import as_overrides
 
     values = {"width": width, "height": height, "ngf": ngf}
@@ -175,25 +180,35 @@ def evaluate(
     params_yaml: str,
     overrides: list,
     tracking_uri: str,
+    pipeline_run: str,
     data: Input[Dataset],
     report: Input[Artifact],
     generator: Input[Model],
     segmenter: Input[Model],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    samples: Output[HTML],
 ) -> None:
-    """Segmentation scores of generated vs real images; registers the generator."""
+    """Segmentation scores of generated vs real images: flat ``metrics`` (pixel
+    accuracy and mIoU of both, their ratio), the ``confusion`` matrix of the generated
+    images over the 19 train ids, and the sample grid as ``samples`` (HTML)."""
+    import base64
+    import json
+    import os
     from pathlib import Path
 
     from components import evaluate as step
     from pipelines.parameters import step_params
 
+    os.environ["PIX2PIXHD_PIPELINE_RUN"] = pipeline_run
     p = step_params(params_yaml, {}, overrides)
+    out = Path(evaluation.path)
     result = step.run(
         checkpoint=Path(generator.path) / "model.pth",
         segmenter=Path(segmenter.path) / "segmenter.pth",
         data=Path(data.path),
-        out=Path(evaluation.path),
+        out=out,
         params=p.evaluate,
         layout=p.data.layout,
         tracking_uri=tracking_uri or None,
@@ -201,25 +216,36 @@ def evaluate(
         experiment=p.tracking.experiment,
         data_summary=Path(report.path) / "summary.json",
     )
-    for k, v in result.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            metrics.log_metric(k, float(v))
+    for k, v in result["scores"].items():
+        metrics.log_metric(k, float(v))
+    metrics.log_metric("images", float(result["images"]))
+    cm = json.loads((out / "confusion_matrix.json").read_text())
+    confusion.log_confusion_matrix(cm["categories"], cm["matrix"])
+    png = base64.b64encode((out / "samples.png").read_bytes()).decode()
+    Path(samples.path).write_text(
+        "<html><body><h3>label | generated | real | segmentation of generated</h3>"
+        f'<img src="data:image/png;base64,{png}" style="max-width:100%"/></body></html>\n'
+    )
 
 
 def export(
     params_yaml: str,
     overrides: list,
     tracking_uri: str,
+    pipeline_run: str,
     generator: Input[Model],
     evaluation: Input[Artifact],
     onnx_model: Output[Model],
 ) -> None:
-    """The whole generator as one ONNX graph (+ fp16 copy), logged beside the version."""
+    """The whole generator as one ONNX graph (+ fp16 copy), logged to MLflow as a pyfunc
+    model and registered with evaluate's scores (``registration.json`` in the output)."""
+    import os
     from pathlib import Path
 
     from components import export as step
     from pipelines.parameters import step_params
 
+    os.environ["PIX2PIXHD_PIPELINE_RUN"] = pipeline_run
     p = step_params(params_yaml, {}, overrides)
     out = Path(onnx_model.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,11 +253,13 @@ def export(
         checkpoint=Path(generator.path) / "model.pth",
         out=out / "model.onnx",
         tracking_uri=tracking_uri or None,
-        registration=Path(evaluation.path) / "registration.json",
+        evaluation=Path(evaluation.path) / "evaluation.json",
         experiment=p.tracking.experiment,
         orchestrator="kfp",
     )
     onnx_model.metadata["max_abs_diff_vs_torch"] = float(summary["max_abs_diff_vs_torch"])
+    if "registered" in summary:
+        onnx_model.metadata["registered_version"] = str(summary["registered"]["version"])
 
 
 def promote(
@@ -239,24 +267,23 @@ def promote(
     overrides: list,
     tracking_uri: str,
     min_delta: float,
-    evaluation: Input[Artifact],
+    exported: Input[Model],
     decision: Output[Artifact],
 ) -> None:
-    """Move the `champion` alias to this version if it beats the champion."""
-    import json
+    """Move the `champion` alias to the exported version if it beats the champion by
+    more than ``min_delta``."""
     from pathlib import Path
 
-    from components import registry
+    from components import promote as step
     from pipelines.parameters import step_params
 
     p = step_params(params_yaml, {"min_delta": min_delta}, overrides)
-    reg = json.loads((Path(evaluation.path) / "registration.json").read_text())
-    result = registry.promote(
-        reg["name"],
-        str(reg["version"]),
-        p.promote.metric,
-        p.promote.min_delta,
-        tracking_uri or None,
+    result = step.run(
+        name=p.evaluate.model_name,
+        registration=Path(exported.path) / "registration.json",
+        metric=p.promote.metric,
+        min_delta=p.promote.min_delta,
+        out=Path(decision.path),
+        tracking_uri=tracking_uri or None,
     )
-    Path(decision.path).write_text(json.dumps(result, indent=2) + "\n")
     decision.metadata["promoted"] = bool(result.get("promoted"))

@@ -14,6 +14,9 @@ from pipelines import trainjob
 from pipelines.dag import ClusterSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
+CPU_IMAGE = "registry.example.com/ml/pix2pixhd-cpu@sha256:" + "a" * 64
+GPU_IMAGE = "registry.example.com/ml/pix2pixhd-cuda:0.1.0"
+IMAGES = {"image": CPU_IMAGE, "gpu_image": GPU_IMAGE}
 
 
 def dvc_edges() -> tuple[set[str], set[tuple[str, str]]]:
@@ -58,7 +61,9 @@ def test_dvc_cmds_declare_every_data_path_they_use():
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
     compile_pipeline(
-        ROOT / "params.yaml", out, ClusterSettings(gpus=2, s3_endpoint="http://s3:9000")
+        ROOT / "params.yaml",
+        out,
+        ClusterSettings(gpus=2, s3_endpoint="http://s3:9000", **IMAGES),
     )
     return list(yaml.safe_load_all(out.read_text()))
 
@@ -85,13 +90,13 @@ def test_gpus_only_on_training_tasks(compiled):
         k8s = platform.get(name, {})
         if name in ("exec-train-global", "exec-train-local"):
             assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "2"
-            assert container["image"].endswith("pix2pixhd-cuda:latest")
+            assert container["image"] == GPU_IMAGE
             assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
             assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
             assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
         else:
             assert acc is None and "tolerations" not in k8s and "nodeSelector" not in k8s
-            assert container["image"].endswith("pix2pixhd-cpu:latest")
+            assert container["image"] == CPU_IMAGE
         # every task: S3 credentials from the secret, the endpoint as plain env
         keys = {e["envVar"] for e in k8s["secretAsEnv"][0]["keyToEnv"]}
         assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -112,7 +117,7 @@ def test_pipeline_parameters_default_to_params_yaml(compiled):
 
 def test_multi_node_training_tasks_are_cpu_launchers(tmp_path):
     out = tmp_path / "p.yaml"
-    compile_pipeline(ROOT / "params.yaml", out, ClusterSettings(num_nodes=2, gpus=8))
+    compile_pipeline(ROOT / "params.yaml", out, ClusterSettings(num_nodes=2, gpus=8, **IMAGES))
     docs = list(yaml.safe_load_all(out.read_text()))
     for ex in docs[0]["deploymentSpec"]["executors"].values():
         assert (ex["container"].get("resources") or {}).get("accelerator") is None
@@ -204,16 +209,65 @@ def test_local_kfp_run_of_the_tiny_configuration(tmp_path, monkeypatch):
     run = next(root.iterdir())
     metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert 0.0 <= metrics["generated"]["mean_iou"] <= 1.0
-    assert metrics["registered"]["version"] == "1"
     onnx_file = run / "export" / "onnx_model" / "model.onnx"
     assert onnx_file.stat().st_size > 10_000
+    registration = json.loads((onnx_file.parent / "registration.json").read_text())
+    assert registration["version"] == "1"  # registered by export, the servable model
+    html = (run / "evaluate" / "samples").read_text()
+    assert html.startswith("<html>") and "data:image/png;base64," in html
     decision = json.loads((run / "promote" / "decision").read_text())
     assert decision["promoted"] is True  # the first model always becomes champion
 
 
+def test_results_show_in_kubeflow_and_side_effects_are_not_cached(compiled):
+    """evaluate outputs flat Metrics, a ClassificationMetrics confusion matrix and an
+    HTML sample grid; training tasks output Metrics (final losses); tasks that register,
+    promote or log models, and the dataset copy, never come from the cache; promote
+    runs after export, on export's output."""
+    from pipelines.dag import NO_CACHE
+
+    spec = compiled[0]
+    tasks = spec["root"]["dag"]["tasks"]
+    outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    types = {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()}
+    assert types["metrics"] == "system.Metrics"
+    assert types["confusion"] == "system.ClassificationMetrics"
+    assert types["samples"] == "system.HTML"
+    for stage in ("train-global", "train-local"):
+        out = spec["components"][f"comp-{stage}"]["outputDefinitions"]["artifacts"]
+        assert out["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    for name, task in tasks.items():
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (name.replace("-", "_") not in NO_CACHE), name
+    assert tasks["promote"]["dependentTasks"] == ["export"]
+    exported = tasks["promote"]["inputs"]["artifacts"]["exported"]["taskOutputArtifact"]
+    assert exported == {"outputArtifactKey": "onnx_model", "producerTask": "export"}
+    run_ids = {
+        tasks[t]["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"]
+        for t in ("train-global", "train-local", "evaluate", "export")
+    }
+    assert run_ids == {"{{$.pipeline_job_uuid}}"}  # one MLflow tag for the execution
+
+
+def test_compile_requires_pinned_images(tmp_path, capsys):
+    from model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--image is required"):
+        compile_pipeline(ROOT / "params.yaml", tmp_path / "p.yaml", ClusterSettings())
+    latest = ClusterSettings(image="reg/pix2pixhd-cpu:latest", gpu_image=GPU_IMAGE)
+    with pytest.raises(ConfigError, match="--image reg/pix2pixhd-cpu:latest: pin it"):
+        compile_pipeline(ROOT / "params.yaml", tmp_path / "p.yaml", latest)
+    untagged = ClusterSettings(image=CPU_IMAGE, gpu_image="reg:5000/pix2pixhd-cuda")
+    with pytest.raises(ConfigError, match="--gpu-image reg:5000/pix2pixhd-cuda: pin it"):
+        compile_pipeline(ROOT / "params.yaml", tmp_path / "p.yaml", untagged)
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "p.yaml")]) == 2
+    assert "--image is required" in capsys.readouterr().err
+
+
 def test_submit_and_arg_errors_are_one_line(capsys):
     # nothing listens on port 9 of loopback: a refused connection, no traceback
-    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9"]) == 2
+    images = ["--image", CPU_IMAGE, "--gpu-image", GPU_IMAGE]
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9", *images]) == 2
     err = capsys.readouterr().err
     assert "cannot submit to http://127.0.0.1:9" in err and "Traceback" not in err
     assert main(["pipeline", "run", "--local", "--arg", "width"]) == 2
