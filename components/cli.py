@@ -241,11 +241,19 @@ CLUSTER = Group(
 def _validate_from_params(o: dict[str, Any], p: Any) -> dict[str, Any]:
     from components.params import stage_model_config
 
+    from components.validate import min_file_size
+
     cfg = stage_model_config(p, "local")
     return {
         "label_nc": cfg.label_nc if o["label_nc"] is None else o["label_nc"],
         "use_instance_map": cfg.use_instance_map and o["use_instance_map"],
         "size_multiple": o["size_multiple"] or cfg.generator.size_multiple,
+        "splits": tuple(o["splits"]),
+        "drift_ratio": p.validate.drift_ratio,
+        "drift_min_delta": p.validate.drift_min_delta,
+        "drift_z": p.validate.drift_z,
+        "min_size": min_file_size(p.data.preprocess, p.data.crop_size),
+        "palette": p.data.palette or None,
     }
 
 
@@ -518,9 +526,23 @@ COMMANDS: tuple[Command, ...] = (
             opt("--num-val", type=int, default=40),
             opt("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT (default 256x128)"),
             opt("--seed", type=int, default=0),
+            opt("--no-cars", dest="cars", action="store_false", help="no cars (a shifted set)"),
+            opt("--trees", type=float, default=1.0, help="scale the number of trees"),
         ),
         derive=lambda o, p: {"width": o["size"][0], "height": o["size"][1]},
         consumes=("size",),
+    ),
+    Command(
+        "data convert",
+        "components.convert:run",
+        help="colour-coded label maps (RGB) to label-id maps",
+        description="Map every colour of RGB label maps to its label id with a palette; "
+        "unknown colours are listed with pixel counts and positions (exit 2, nothing written).",
+        options=(
+            opt("--palette", required=True, help="cityscapes, or a JSON file of colour: id"),
+            opt("--labels", type=Path, required=True, help="directory of colour label maps"),
+            opt("--out", type=Path, required=True, help="directory for the id maps"),
+        ),
     ),
     Command(
         "validate",
@@ -539,6 +561,24 @@ COMMANDS: tuple[Command, ...] = (
                 default=None,
                 help="default: the configured model's, "
                 "2**(n_downsample_global + n_local_enhancers)",
+            ),
+            opt("--splits", nargs="+", default=["train", "val"], help="default: train val"),
+            opt(
+                "--suite",
+                type=Path,
+                help="expectation suite (JSON, e.g. data/expectations/pix2pixhd.json); "
+                "default: the suite generated from the params",
+            ),
+            opt(
+                "--reference",
+                type=_location,
+                help="a training summary.json: exit 1 when the class frequencies, sizes or "
+                "modes drifted from its profile (thresholds: the validate params section)",
+            ),
+            opt(
+                "--write-suite",
+                type=Path,
+                help="write the suite used (without drift checks) to this file, then validate",
             ),
             PARAMS,
             opt("--out", type=_location, required=True, help="report directory"),
@@ -570,7 +610,7 @@ PARENTS: dict[str, tuple[str, str | None]] = {
         "height, ngf, niter_global, niter_decay_global, niter_local, niter_decay_local, "
         "min_delta, segmenter_weights, tracking_uri, overrides=[section.key=value, ...]).",
     ),
-    "data": ("dataset tools (synth)", None),
+    "data": ("dataset tools (synth, convert)", None),
 }
 
 
@@ -755,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = call(command, options)
     except Pix2PixHDError as exc:
         sys.stderr.write(f"pix2pixhd {args.command}: error: {exc}\n")
-        return 2
+        return getattr(exc, "exit_code", 2)  # 2, or 1 for a finding such as drift
     except KeyboardInterrupt:
         sys.stderr.write(f"pix2pixhd {args.command}: interrupted\n")
         return 130

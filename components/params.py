@@ -42,6 +42,23 @@ class DataParams:
     layout: str = "cityscapes"
     label_nc: int = 35
     use_instance_map: bool = True
+    # training preprocessing, the reference's resize_or_crop: resize | resize_and_crop |
+    # scale_width | scale_width_and_crop | crop | none (model.datasets.preprocess_size)
+    preprocess: str = "resize"
+    crop_size: int = 512  # square training crop of the *_crop modes (reference: fineSize)
+    palette: str = ""  # "cityscapes" or a JSON file: colour label maps decoded to ids
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """Drift of a dataset from a training profile (``validate --reference``): a class's
+    mean pixel frequency drifted when it is outside [f / ratio, f * ratio] of the training
+    frequency f, more than min_delta away from it, and more than drift_z standard errors
+    (the training per-sample sd / sqrt(new samples)) away from it."""
+
+    drift_ratio: float = 1.5
+    drift_min_delta: float = 0.01
+    drift_z: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,7 @@ class PromoteParams:
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
     model: ModelParams = field(default_factory=ModelParams)
     train_global: TrainConfig = field(default_factory=TrainConfig)
     train_local: TrainConfig = field(
@@ -172,6 +190,15 @@ def stage_size(params: Params, stage: str) -> tuple[int, int]:
     scale = 2**params.model.generator.n_local_enhancers if stage == "global" else 1
     w, h = params.data.width // scale, params.data.height // scale
     return w, h
+
+
+def stage_crop(params: Params, stage: str) -> tuple[int, int] | None:
+    """(h, w) of a stage's training crop, scaled like its size; None without cropping."""
+    if "crop" not in params.data.preprocess:
+        return None
+    scale = 2**params.model.generator.n_local_enhancers if stage == "global" else 1
+    side = params.data.crop_size // scale
+    return side, side
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -41,6 +41,8 @@ def run(
     width: int = 256,
     height: int = 128,
     seed: int = 0,
+    cars: bool = True,
+    trees: float = 1.0,
 ) -> dict[str, Any]:
     if num_train < 0 or num_val < 0:
         raise InputError("--num-train and --num-val must be >= 0")
@@ -52,7 +54,7 @@ def run(
         for i in tqdm(range(n), desc=f"synth {split}", unit="img"):
             # One independent stream per sample: any sample re-renders identically alone.
             rng = np.random.default_rng([seed, offset, i])
-            scene = render_scene(rng, width, height)
+            scene = render_scene(rng, width, height, cars=cars, trees=trees)
             photo, label, inst = sample_paths(out, split, i)
             for p in (photo, label, inst):
                 p.parent.mkdir(parents=True, exist_ok=True)

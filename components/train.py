@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from components import storage
-from components.params import Params, flatten, stage_model_config, stage_size
+from components.params import Params, flatten, stage_crop, stage_model_config, stage_size
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import (
     config_of,
@@ -33,6 +33,7 @@ from model.datasets import PairedDataset, detect_layout, find_samples
 from model.encoding import check_size
 from model.errors import CheckpointError, ConfigError, InputError
 from model.image_io import write_png
+from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
 from model.training import DistInfo, Trainer, TrainHooks
 from model.visualize import sample_grid
@@ -132,7 +133,14 @@ def run(
     tcfg = params.train_global if stage == "global" else params.train_local
     cfg = stage_model_config(params, stage)
     width, height = stage_size(params, stage)
-    check_size(height, width, cfg.generator.size_multiple)
+    crop = stage_crop(params, stage)
+    if crop is not None:
+        try:
+            check_size(crop[0], crop[1], cfg.generator.size_multiple)
+        except InputError as exc:
+            raise ConfigError(f"data.crop_size {params.data.crop_size} ({stage}): {exc}") from None
+    elif params.data.preprocess == "resize":
+        check_size(height, width, cfg.generator.size_multiple)
     dinfo, dev = _dist_from_env(device)
 
     vgg = None
@@ -153,7 +161,17 @@ def run(
     if not samples:
         raise InputError(f"{data}: no training samples (layout {layout})")
     dataset = PairedDataset(
-        samples, cfg.label_nc, width, height, flip=tcfg.flip, seed=tcfg.seed, boundaries=boundaries
+        samples,
+        cfg.label_nc,
+        width,
+        height,
+        crop=crop,
+        flip=tcfg.flip,
+        seed=tcfg.seed,
+        boundaries=boundaries,
+        preprocess=params.data.preprocess,
+        size_multiple=cfg.generator.size_multiple,
+        palette=load_palette(params.data.palette) if params.data.palette else None,
     )
     out.mkdir(parents=True, exist_ok=True)
     latest = out / "latest.pth"

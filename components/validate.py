@@ -1,16 +1,23 @@
-"""Step `validate`: a per-sample manifest checked by a Great Expectations suite.
+"""Step `validate`: measure every sample, check the measurements with a Great
+Expectations suite (the data contract, see ``components.contract``), and optionally
+compare the dataset with a training profile (drift).
 
-On failure: a readable report naming each bad file and the reason, plus the Great
-Expectations result as JSON and HTML in the output directory; non-zero exit; nothing
-else written. On success: ``summary.json`` (counts, class histogram, dataset hash).
+The manifest holds one row per sample of measured values (``MANIFEST_COLUMNS``); the
+suite states what they must be. On a broken contract: ``report.txt`` naming each file
+and measured value, the Great Expectations result as JSON and as the library's Data Docs
+HTML; exit 2. On drift only (``--reference``): the same report, exit 1. On success:
+``summary.json`` (counts, class histogram, training profile, dataset hash),
+``manifest.json`` and the result JSON/HTML.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import html
 import json
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,116 +25,128 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from model.datasets import LAYOUTS, SampleFiles, detect_layout, find_samples
-from model.errors import InputError
+from components import contract
+from model.datasets import LAYOUTS, SampleFiles, detect_layout, find_samples, role_dirs
+from model.errors import InputError, Pix2PixHDError
+from model.image_io import IMAGE_SUFFIXES, sample_stem
+from model.palette import Palette, decode, describe_unknown, load_palette
 
 log = logging.getLogger(__name__)
 
-CHECKS = {  # manifest column -> what it means when False
-    "complete": "sample lacks a label, instance or photo file",
-    "readable": "a file cannot be read as an image",
-    "label_8bit": "label map is not an 8-bit single-channel image",
-    "photo_rgb": "photo is not 8-bit RGB",
-    "sizes_equal": "label, instance and photo sizes differ",
-    "label_ids_valid": "label ids outside the dataset's label set",
-    "instances_consistent": "instance ids >= 1000 whose id // 1000 differs from the label",
-    "size_usable": "size not usable by the configured model",
+MANIFEST_COLUMNS = {
+    "key / split / stem": "the sample (split/stem) and its parts",
+    "label_path / instance_path / image_path": "the files (null when missing)",
+    "read_error": "why a file could not be read (null when all were read)",
+    "<role>_mode / _width / _height / _bytes": "PIL mode, size and file size of each file",
+    "label_min / label_max / label_classes": "label id range and number of ids present",
+    "instance_min / instance_max / instance_bits": "instance id range and bit depth",
+    "instance_count": "number of instances (ids >= 1000)",
+    "instance_label_mismatch": "pixels whose instance id >= 1000 has id // 1000 != label",
+    "image_channels": "photo channels",
+    "sizes_agree": "all files of the sample have one size",
+    "frac_<id>": "share of the sample's pixels with label id <id>",
 }
+_BITS = {"1": 1, "L": 8, "P": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "RGB": 8}
 
 
 class ValidationFailed(InputError):
-    """Raised after the report is written: the dataset has problems."""
+    """Raised after the report is written: the dataset breaks the contract (exit 2)."""
 
 
-def _sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+class DriftDetected(Pix2PixHDError):
+    """Raised after the report is written: the dataset drifted from the training profile."""
+
+    exit_code = 1
 
 
-def _inspect(
-    s: SampleFiles, label_nc: int, multiple: int, use_instance_map: bool, needs_instances: bool
-) -> dict[str, Any]:
+def min_file_size(preprocess: str, crop_size: int) -> int:
+    """The smallest side files need when the training crop is cut from them unresized."""
+    return crop_size if preprocess == "crop" else 0
+
+
+def _measure(s: SampleFiles, label_nc: int, palette: Palette | None = None) -> dict[str, Any]:
+    """The measured columns of one sample (None where a file is missing or unreadable)."""
     row: dict[str, Any] = {
+        "key": f"{s.split}/{s.stem}",
         "split": s.split,
         "stem": s.stem,
-        "key": f"{s.split}/{s.stem}",
-        "label_path": str(s.label or ""),
-        "instance_path": str(s.instance or ""),
-        "image_path": str(s.image or ""),
-        "complete": s.label is not None
-        and s.image is not None
-        and (s.instance is not None or not needs_instances),
-        "readable": True,
-        "label_8bit": True,
-        "photo_rgb": True,
-        "sizes_equal": True,
-        "label_ids_valid": True,
-        "instances_consistent": True,
-        "size_usable": True,
-        "reasons": [],
+        "label_path": str(s.label) if s.label else None,
+        "instance_path": str(s.instance) if s.instance else None,
+        "image_path": str(s.image) if s.image else None,
+        "read_error": None,
     }
-    sizes = {}
     arrays: dict[str, np.ndarray] = {}
+    sizes = []
     for role, path in (("label", s.label), ("instance", s.instance), ("image", s.image)):
         if path is None:
             continue
         try:
+            data = path.read_bytes()
             with Image.open(path) as img:
                 img.load()
                 mode, size = img.mode, img.size
-                arrays[role] = np.asarray(img)
+                if role != "image":
+                    arrays[role] = np.asarray(img)
+                bands = len(img.getbands())
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            row["readable"] = False
-            row["reasons"].append(f"{path}: unreadable ({exc})")
+            row["read_error"] = f"{path}: unreadable ({exc})"
             continue
         row[f"{role}_mode"] = mode
         row[f"{role}_width"], row[f"{role}_height"] = size
-        row[f"{role}_sha1"] = _sha1(path)
-        sizes[role] = size
-        if role == "label" and label_nc > 0 and mode not in ("L", "P"):
-            row["label_8bit"] = False
-            row["reasons"].append(f"{path}: label map has mode {mode}, expected 8-bit (L)")
-        if role == "image" and mode != "RGB":
-            row["photo_rgb"] = False
-            row["reasons"].append(f"{path}: photo has mode {mode}, expected 8-bit RGB")
-    if not row["complete"]:
-        missing = [r for r, p in (("label", s.label), ("photo", s.image)) if p is None]
-        if needs_instances and s.instance is None:
-            missing.append("instance map")
-        present = next(p for p in (s.label, s.instance, s.image) if p is not None)
-        row["reasons"].append(f"{present}: sample '{s.stem}' has no {', '.join(missing)}")
-    if len(set(sizes.values())) > 1:
-        row["sizes_equal"] = False
-        desc = ", ".join(f"{r} {w}x{h}" for r, (w, h) in sizes.items())
-        row["reasons"].append(f"{s.label or s.image}: sizes differ ({desc})")
-    if "label" in arrays and label_nc > 0 and row["label_8bit"]:
-        ids = np.unique(arrays["label"])
-        row["label_ids"] = [int(i) for i in ids]
-        bad = [int(i) for i in ids if i >= label_nc]
-        if bad:
-            row["label_ids_valid"] = False
-            row["reasons"].append(
-                f"{s.label}: label ids {bad} outside [0, {label_nc - 1}] (label_nc={label_nc})"
-            )
-    if "instance" in arrays and "label" in arrays and row["sizes_equal"] and label_nc > 0:
-        inst = arrays["instance"].astype(np.int64)
-        row["instance_count"] = int(np.unique(inst[inst >= 1000]).size)
+        row[f"{role}_bytes"] = len(data)
+        row[f"{role}_sha1"] = hashlib.sha1(data).hexdigest()
+        if role == "image":
+            row["image_channels"] = bands
+        if role == "instance":
+            row["instance_bits"] = _BITS.get(mode, 0)
+        sizes.append(size)
+    row["sizes_agree"] = len(set(sizes)) <= 1 if sizes else None
+    lab = arrays.get("label")
+    if lab is not None and palette is not None and lab.ndim == 3 and label_nc > 0:
+        lab, unknown = decode(lab, palette)  # the loader's decoding (data.palette)
+        row["label_unknown_colours"] = describe_unknown(s.label, unknown) if unknown else None
+    if lab is not None and label_nc > 0 and lab.ndim == 2:
+        hist = np.bincount(lab.reshape(-1).astype(np.int64), minlength=label_nc)
+        present = np.flatnonzero(hist)
+        row["label_min"], row["label_max"] = int(present[0]), int(present[-1])
+        row["label_classes"] = int(present.size)
+        row["histogram"] = {int(k): float(hist[k] / lab.size) for k in present}
+    inst = arrays.get("instance")
+    if inst is not None and inst.ndim == 2:
+        inst = inst.astype(np.int64)
+        row["instance_min"], row["instance_max"] = int(inst.min()), int(inst.max())
         things = inst >= 1000
-        wrong = things & (inst // 1000 != arrays["label"].astype(np.int64))
-        if wrong.any():
-            row["instances_consistent"] = False
-            row["reasons"].append(
-                f"{s.instance}: {int(wrong.sum())} pixels whose instance id // 1000 differs "
-                f"from the label (e.g. id {int(inst[wrong][0])})"
-            )
-    if sizes and use_instance_map is not None:
-        w, h = next(iter(sizes.values()))
-        if w < 2 * multiple or h < 2 * multiple:  # see model.encoding.check_size
-            row["size_usable"] = False
-            row["reasons"].append(
-                f"{s.label or s.image}: {w}x{h} is smaller than the model's minimum "
-                f"{2 * multiple}x{2 * multiple}"
-            )
+        row["instance_count"] = int(np.unique(inst[things]).size)
+        if lab is not None and lab.shape == inst.shape:
+            wrong = things & (inst // 1000 != lab.astype(np.int64))
+            row["instance_label_mismatch"] = int(wrong.sum())
     return row
+
+
+def _duplicates(
+    data: Path, layout: str, split: str, roles: set[str], found: list[SampleFiles]
+) -> list[SampleFiles]:
+    """Files whose stem another file of the same role already has: one extra sample each
+    (the other roles' files from the first), so the suite's key uniqueness sees them."""
+    first = {s.stem: s for s in found}
+    out = []
+    for role, (directory, pattern) in role_dirs(data, layout, split).items():
+        if role not in roles or not directory.is_dir():
+            continue
+        seen: set[str] = set()
+        for p in sorted(directory.rglob(pattern)):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            stem = sample_stem(p)
+            if stem in seen:
+                base = first.get(stem, SampleFiles(split, stem, None, None, None))
+                files = {r: getattr(base, r) for r in _ROLES} | {role: p}
+                out.append(SampleFiles(split, stem, *(files[r] for r in _ROLES)))
+            seen.add(stem)
+    return out
+
+
+_ROLES = ("label", "instance", "image")
 
 
 def build_manifest(
@@ -135,81 +154,138 @@ def build_manifest(
     layout: str,
     label_nc: int,
     use_instance_map: bool,
-    size_multiple: int,
     splits: tuple[str, ...],
-) -> tuple[list[dict], list[str]]:
+    palette: Palette | None = None,
+) -> tuple[list[dict[str, Any]], str]:
     lay = detect_layout(data) if layout == "auto" else layout
     if lay not in LAYOUTS:
         raise InputError(f"--layout {layout!r}: expected auto, {', '.join(LAYOUTS)}")
-    problems: list[str] = []
-    samples = []
+    needs = use_instance_map and lay != "rgb"
+    samples: list[SampleFiles] = []
     for split in splits:
-        samples += find_samples(data, lay, split, use_instance_map and lay != "rgb", problems)
+        found = find_samples(data, lay, split, needs, problems=[])
+        samples += found
+        roles = {"label", "image"} | ({"instance"} if needs else set())
+        samples += _duplicates(data, lay, split, roles, found)
     if not samples:
         raise InputError(f"{data}: no samples found for splits {', '.join(splits)} (layout {lay})")
-    needs = use_instance_map and lay != "rgb"
-    rows = [
-        _inspect(s, label_nc, size_multiple, use_instance_map, needs)
-        for s in tqdm(samples, desc="validate", unit="sample")
-    ]
-    dupes = [p for p in problems if "duplicate stem" in p]
-    return rows, dupes
+    rows = [_measure(s, label_nc, palette) for s in tqdm(samples, desc="validate", unit="sample")]
+    return rows, lay
 
 
-def _suite_result(rows: list[dict], dupes: list[str]) -> tuple[bool, dict]:
-    """Run the Great Expectations 1.x suite over the manifest."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
+def _frame(rows: list[dict[str, Any]], label_nc: int, extra: set[str]) -> Any:
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    df = pd.DataFrame([{k: v for k, v in r.items() if k in CHECKS or k == "key"} for r in rows])
-    for problem in dupes:  # duplicated stems show up as repeated keys
-        extra = {"key": problem.split("'")[1], **dict.fromkeys(CHECKS, True)}
-        df = pd.concat([df, pd.DataFrame([extra])])
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (
-        ctx.data_sources.add_pandas("manifest")
-        .add_dataframe_asset("samples")
-        .add_batch_definition_whole_dataframe("all")
-    )
-    suite = ctx.suites.add(gx.ExpectationSuite(name="pix2pixhd_dataset"))
-    for column in CHECKS:
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True]))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="key"))
-    vd = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name="dataset", data=batch_def, suite=suite)
-    )
-    result = vd.run(
-        batch_parameters={"dataframe": df.reset_index(drop=True)}, result_format="COMPLETE"
-    )
-    return bool(result.success), result.to_json_dict()
+    flat = []
+    for r in rows:
+        d = {k: v for k, v in r.items() if k != "histogram" and not k.endswith("_sha1")}
+        for k, f in r.get("histogram", {}).items():
+            d[f"frac_{k}"] = f
+        flat.append(d)
+    df = pd.DataFrame(flat)
+    wanted = {f"frac_{k}" for k in range(label_nc)} | {c for c in extra if c.startswith("frac_")}
+    for c in sorted(wanted - set(df.columns)):
+        df[c] = 0.0
+    for c in [c for c in df.columns if c.startswith("frac_")]:  # a class absent is 0 %
+        df[c] = df[c].fillna(0.0)
+    for role in _ROLES:  # columns the suite may name even when no file of a role exists
+        for c in ("path", "mode", "width", "height", "bytes"):
+            if f"{role}_{c}" not in df.columns:
+                df[f"{role}_{c}"] = None
+    for c in (
+        "instance_label_mismatch",
+        "label_max",
+        "read_error",
+        "instance_bits",
+        "label_unknown_colours",
+    ):
+        if c not in df.columns:
+            df[c] = None
+    return df
 
 
-def _html(result: dict, reasons: list[str]) -> str:
-    rows = []
-    for r in result.get("results", []):
-        cfg = r.get("expectation_config", {})
-        kw = cfg.get("kwargs", {})
-        ok = r.get("success")
-        n_bad = r.get("result", {}).get("unexpected_count", 0)
-        rows.append(
-            f"<tr class={'ok' if ok else 'bad'}><td>{html.escape(cfg.get('type', ''))}"
-            f"</td><td>{html.escape(str(kw.get('column', '')))}</td>"
-            f"<td>{'pass' if ok else 'FAIL'}</td><td>{n_bad}</td></tr>"
+@contextlib.contextmanager
+def _quiet_gx() -> Iterator[None]:
+    """Great Expectations logs hundreds of INFO lines at import and run: keep them to
+    warnings unless debug logging (``pix2pixhd -v``) is on."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    names = ["great_expectations"] + [
+        n for n in logging.root.manager.loggerDict if n.startswith("great_expectations.")
+    ]
+    loggers = [logging.getLogger(n) for n in names]  # some set their own level at import
+    old = [g.level for g in loggers]
+    for g in loggers:
+        g.setLevel(max(g.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for g, level in zip(loggers, old, strict=True):
+            g.setLevel(level)
+
+
+def run_suite(df: Any, suite: dict[str, Any], source: str) -> tuple[Any, dict[str, Any]]:
+    """Validate the manifest frame with the suite; (result object, result as JSON dict)."""
+    with _quiet_gx():
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        batch = (
+            ctx.data_sources.add_pandas("manifest")
+            .add_dataframe_asset("samples")
+            .add_batch_definition_whole_dataframe("all")
+            .get_batch(batch_parameters={"dataframe": df})
         )
-    items = "".join(f"<li>{html.escape(x)}</li>" for x in reasons) or "<li>none</li>"
-    return (
-        "<!doctype html><meta charset=utf-8><title>pix2pixhd dataset validation</title>"
-        "<style>body{font-family:sans-serif}.bad{background:#fdd}.ok{background:#dfd}"
-        "td,th{padding:2px 8px}</style><h1>Dataset validation: "
-        f"{'passed' if result.get('success') else 'FAILED'}</h1>"
-        f"<h2>Problems</h2><ul>{items}</ul><h2>Great Expectations suite</h2><table>"
-        "<tr><th>expectation</th><th>column</th><th>result</th><th>unexpected</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+        # Batch.validate: the suite need not be saved in the context's stores (faster)
+        result = batch.validate(contract.gx_suite(suite, source), result_format="COMPLETE")
+        # through JSON: numpy scalars in observed values become plain numbers
+        return result, json.loads(json.dumps(result.to_json_dict(), default=str))
+
+
+def data_docs(result_json: dict[str, Any]) -> str:
+    """The validation result rendered by Great Expectations' Data Docs renderer."""
+    with _quiet_gx():
+        from great_expectations.core.expectation_validation_result import (
+            ExpectationSuiteValidationResultSchema,
+        )
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        # from JSON: the renderer cannot format numpy scalars in observed values
+        result = ExpectationSuiteValidationResultSchema().load(result_json)
+        return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+
+
+def _profile(rows: list[dict[str, Any]], split: str | None) -> dict[str, Any]:
+    """Mean per-sample class frequencies and the sizes and modes of a split (all: None)."""
+    sel = [r for r in rows if split is None or r["split"] == split]
+    classes = sorted({k for r in sel for k in r.get("histogram", {})})
+    shares = np.array([[r.get("histogram", {}).get(k, 0.0) for k in classes] for r in sel])
+    values = {
+        c: sorted({r[c] for r in sel if r.get(c) is not None}, key=str)
+        for c in ("label_width", "label_height", "label_mode", "image_mode")
+    }
+    return {
+        "split": split or "all",
+        "samples": len(sel),
+        "class_frequencies": {
+            str(k): round(float(shares[:, i].mean()), 6) for i, k in enumerate(classes)
+        },
+        "class_std": {str(k): round(float(shares[:, i].std()), 6) for i, k in enumerate(classes)},
+        "values": values,
+    }
+
+
+def _write_failure(
+    out: Path, result_json: dict[str, Any], lines: list[str], html: str | None
+) -> None:
+    (out / "great_expectations_result.json").write_text(json.dumps(result_json, indent=2) + "\n")
+    if html is not None:
+        (out / "great_expectations_result.html").write_text(html)
+    (out / "report.txt").write_text("\n".join(lines) + "\n")
 
 
 def run(
@@ -220,42 +296,118 @@ def run(
     use_instance_map: bool = True,
     size_multiple: int = 16,
     splits: tuple[str, ...] = ("train", "val"),
+    suite: Path | None = None,
+    reference: Path | None = None,
+    drift_ratio: float = 1.5,
+    drift_min_delta: float = 0.01,
+    drift_z: float = 3.0,
+    min_size: int = 0,
+    palette: str | None = None,
+    write_suite: Path | None = None,
+    html: bool = True,
 ) -> dict[str, Any]:
-    rows, dupes = build_manifest(data, layout, label_nc, use_instance_map, size_multiple, splits)
-    success, result = _suite_result(rows, dupes)
-    reasons = [r for row in rows for r in row["reasons"]] + dupes
+    """Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
+    one generated from the arguments; ``write_suite``: save that suite there first."""
+    timings: dict[str, float] = {}
+    pal = load_palette(palette) if palette else None
+    if suite is not None:  # a bad suite file fails before the files are read
+        spec, source = contract.load_suite(suite), str(suite)
+    t0 = time.perf_counter()
+    rows, lay = build_manifest(data, layout, label_nc, use_instance_map, tuple(splits), pal)
+    timings["read_files"] = time.perf_counter() - t0
+    needs = use_instance_map and lay != "rgb"
+    if suite is None:
+        spec = contract.default_suite(
+            label_nc, needs, size_multiple, splits, min_size, pal is not None
+        )
+        source = "default suite"
+    if write_suite is not None:
+        contract.write_suite(spec, write_suite)
+    ref = None
+    if reference is not None:
+        try:
+            ref = json.loads(Path(reference).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"--reference {reference}: cannot read ({exc})") from None
+        spec = {
+            **spec,
+            "expectations": spec["expectations"]
+            + contract.drift_expectations(
+                ref, label_nc, drift_ratio, drift_min_delta, drift_z, len(rows)
+            ),
+        }
+    columns = {e["kwargs"].get("column", "") for e in spec["expectations"]}
+    df = _frame(rows, label_nc, columns)
+    t1 = time.perf_counter()
+    with _quiet_gx():
+        import great_expectations  # noqa: F401  (timed apart: a fixed cost per process)
+    timings["gx_import"] = time.perf_counter() - t1
+    t2, c2 = time.perf_counter(), time.process_time()
+    _, result_json = run_suite(df, spec, source)
+    timings["gx_validate"] = time.perf_counter() - t2
+    timings["gx_validate_cpu"] = time.process_time() - c2
+    t3, c3 = time.perf_counter(), time.process_time()
+    page = data_docs(result_json) if html else None
+    timings["gx_data_docs"] = time.perf_counter() - t3
+    timings["gx_data_docs_cpu"] = time.process_time() - c3
     out.mkdir(parents=True, exist_ok=True)
-    if not success or reasons:
-        (out / "great_expectations_result.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "great_expectations_result.html").write_text(_html(result, reasons))
-        (out / "report.txt").write_text("\n".join(reasons) + "\n")
-        shown = "\n  ".join(reasons[:20])
-        more = f"\n  ... and {len(reasons) - 20} more" if len(reasons) > 20 else ""
+    for name in ("report.txt", "summary.json"):  # never leave a stale verdict behind
+        (out / name).unlink(missing_ok=True)
+    lines = contract.failures(result_json, rows, str(data))
+    if not result_json.get("success"):
+        _write_failure(out, result_json, lines, page)
+        shown = "\n  ".join(lines[:20])
+        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+        if contract.is_drift(result_json):
+            raise DriftDetected(
+                f"{data}: drift from the training profile {reference} "
+                f"(report: {out / 'report.txt'}):\n  {shown}{more}"
+            )
         raise ValidationFailed(
-            f"{data}: {len(reasons)} problem(s) in {len(rows)} samples "
+            f"{data}: {len(lines)} problem(s) in {len(rows)} samples "
             f"(report: {out / 'report.txt'}):\n  {shown}{more}"
         )
     hist: dict[int, int] = {}
     for row in rows:
-        for i in row.get("label_ids", []):
+        for i in row.get("histogram", {}):
             hist[i] = hist.get(i, 0) + 1
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r["key"]):
         digest.update(row["key"].encode())
-        for role in ("label", "instance", "image"):
+        for role in _ROLES:
             digest.update(str(row.get(f"{role}_sha1", "")).encode())
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["split"]] = counts.get(row["split"], 0) + 1
+    train = "train" if "train" in counts else None
     summary = {
         "data": str(data),
+        "suite": source,
         "counts": counts,
         "samples": len(rows),
         "images_per_class": {str(k): v for k, v in sorted(hist.items())},
         "instances": sum(r.get("instance_count", 0) for r in rows),
+        "profile": _profile(rows, train),  # what --reference compares new data with
         "dataset_hash": digest.hexdigest(),
+        "expectations": len(spec["expectations"]),
     }
+    if ref is not None:
+        summary["reference"] = str(reference)
+    (out / "great_expectations_result.json").write_text(json.dumps(result_json, indent=2) + "\n")
+    if page is not None:
+        (out / "great_expectations_result.html").write_text(page)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
-    log.info("validated %d samples: ok (hash %s)", len(rows), summary["dataset_hash"][:12])
-    return summary
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    log.info(
+        "validated %d samples against %d expectations: ok (hash %s); read %.2f s, "
+        "Great Expectations import %.2f s, validation %.2f s, Data Docs %.2f s",
+        len(rows),
+        len(spec["expectations"]),
+        summary["dataset_hash"][:12],
+        timings["read_files"],
+        timings["gx_import"],
+        timings["gx_validate"],
+        timings["gx_data_docs"],
+    )
+    return {**summary, "timings_s": timings}

@@ -26,6 +26,7 @@ from model.image_io import (
     read_rgb,
     sample_stem,
 )
+from model.palette import Palette, read_colour_label
 
 Layout = Literal["cityscapes", "folder", "rgb"]
 LAYOUTS: tuple[str, ...] = ("cityscapes", "folder", "rgb")
@@ -121,16 +122,61 @@ def find_samples(
     return samples
 
 
-def load_sample(files: SampleFiles, label_nc: int) -> dict[str, np.ndarray]:
-    """Arrays of one sample: label (H, W) ids or (H, W, 3) RGB, instance, image."""
+def load_sample(
+    files: SampleFiles, label_nc: int, palette: Palette | None = None
+) -> dict[str, np.ndarray]:
+    """Arrays of one sample: label (H, W) ids or (H, W, 3) RGB, instance, image. With a
+    palette, colour-coded (RGB) label maps are decoded to ids (``model.palette``)."""
     out: dict[str, np.ndarray] = {}
     if files.label is not None:
-        out["label"] = read_label(files.label) if label_nc > 0 else read_rgb(files.label)
+        if label_nc == 0:
+            out["label"] = read_rgb(files.label)
+        elif palette is not None and _is_colour(files.label):
+            out["label"] = read_colour_label(files.label, palette).astype(np.int64)
+        else:
+            out["label"] = read_label(files.label)
     if files.instance is not None:
         out["instance"] = read_instance(files.instance)
     if files.image is not None:
         out["image"] = read_rgb(files.image)
     return out
+
+
+def _is_colour(path: Path) -> bool:
+    with Image.open(path) as img:
+        return img.mode in ("RGB", "RGBA")
+
+
+PREPROCESS: tuple[str, ...] = (
+    "resize",
+    "resize_and_crop",
+    "scale_width",
+    "scale_width_and_crop",
+    "crop",
+    "none",
+)
+
+
+def preprocess_size(
+    mode: str, w: int, h: int, width: int, height: int, multiple: int = 1
+) -> tuple[int, int]:
+    """(width, height) a (w, h) sample is resized to before cropping, as the reference's
+    ``resize_or_crop``: ``resize*`` to (width, height) (the reference: loadSize square);
+    ``scale_width*`` to ``width`` keeping the aspect ratio (height truncated, as the
+    reference); ``crop`` unchanged; ``none`` to the nearest multiples of the model's
+    size multiple (the reference's __make_power_2)."""
+    if mode.startswith("resize"):
+        return width, height
+    if mode.startswith("scale_width"):
+        return width, int(width * h / w)
+    if mode == "none":
+        return (
+            max(multiple, round(w / multiple) * multiple),
+            max(multiple, round(h / multiple) * multiple),
+        )
+    if mode == "crop":
+        return w, h
+    raise InputError(f"data.preprocess {mode!r}: expected one of {', '.join(PREPROCESS)}")
 
 
 def resize_sample(arrays: dict[str, np.ndarray], width: int, height: int) -> dict[str, np.ndarray]:
@@ -203,9 +249,14 @@ class PairedDataset(torch.utils.data.Dataset):
         flip: bool = False,
         seed: int = 0,
         boundaries: Path | None = None,
+        preprocess: str = "resize",
+        size_multiple: int = 1,
+        palette: Palette | None = None,
     ) -> None:
         self.samples, self.label_nc, self.boundaries = samples, label_nc, boundaries
         self.width, self.height, self.crop, self.flip, self.seed = width, height, crop, flip, seed
+        self.preprocess, self.size_multiple, self.palette = preprocess, size_multiple, palette
+        preprocess_size(preprocess, 1, 1, 1, 1)  # an unknown mode fails here, not per item
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -213,12 +264,19 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         files = self.samples[index]
-        arrays = load_sample(files, self.label_nc)
+        arrays = load_sample(files, self.label_nc, self.palette)
+        h, w = next(iter(arrays.values())).shape[:2]
+        tw, th = preprocess_size(self.preprocess, w, h, self.width, self.height, self.size_multiple)
         if self.boundaries is not None and "instance" in arrays:
             path = boundary_file(self.boundaries, files.split, files.stem)
-            if path.is_file() and arrays["instance"].shape == (self.height, self.width):
+            if path.is_file() and arrays["instance"].shape == (th, tw):
                 arrays["boundary"] = read_label(path)
-        arrays = resize_sample(arrays, self.width, self.height)
+        arrays = resize_sample(arrays, tw, th)
+        if self.crop is not None and (self.crop[0] > th or self.crop[1] > tw):
+            raise InputError(
+                f"{files.label or files.image}: {tw}x{th} after preprocess {self.preprocess} "
+                f"is smaller than the {self.crop[1]}x{self.crop[0]} crop (data.crop_size)"
+            )
         rng = np.random.default_rng([self.seed, self.epoch, index])
         arrays = crop_flip(arrays, self.crop, self.flip, rng)
         return to_tensors(arrays, self.label_nc)

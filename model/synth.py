@@ -111,7 +111,15 @@ def _noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
     return np.asarray(img)[oy : oy + h, ox : ox + w]
 
 
-def render_scene(rng: np.random.Generator, width: int = 256, height: int = 128) -> Scene:
+def render_scene(
+    rng: np.random.Generator,
+    width: int = 256,
+    height: int = 128,
+    cars: bool = True,
+    trees: float = 1.0,
+) -> Scene:
+    """One scene. ``cars=False`` leaves cars out and ``trees`` scales the number of trees:
+    knobs for shifted datasets (drift tests); the defaults draw the bundled dataset."""
     W, H = width, height
     cv = _Canvas(W, H)
     hy = H * rng.uniform(0.36, 0.46)  # horizon
@@ -205,7 +213,7 @@ def render_scene(rng: np.random.Generator, width: int = 256, height: int = 128) 
         while y < H * 1.05:
             objects.append((y, "car", kerb + side * -0.12 * road_half))
             y += (y - hy) * rng.uniform(0.18, 0.32) + 1.0
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(round(int(rng.integers(1, 4)) * trees)):
             objects.append(
                 (
                     hy + (H - hy) * rng.uniform(0.05, 0.9),
@@ -241,6 +249,8 @@ def render_scene(rng: np.random.Generator, width: int = 256, height: int = 128) 
                 vx + rng.choice([-1, 1]) * road_half * rng.uniform(0.2, 0.5),
             )
         )
+    if not cars:
+        objects = [o for o in objects if o[1] != "car"]
     objects.sort(key=lambda o: o[0])
 
     counters = {CAR: 0, PERSON: 0, BICYCLE: 0}
