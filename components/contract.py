@@ -24,6 +24,22 @@ from typing import Any
 from model.errors import InputError
 from model.labels import LABELS
 
+#: the manifest's measured columns (one row per sample), as the suite file lists them
+MANIFEST_COLUMNS = {
+    "key / split / stem": "the sample (split/stem) and its parts",
+    "label_path / instance_path / image_path": "the files (null when missing)",
+    "read_error": "why a file could not be read (null when all were read)",
+    "<role>_mode / _width / _height / _bytes": "PIL mode, size and file size of each file",
+    "label_min / label_max / label_classes": "label id range and number of ids present",
+    "instance_min / instance_max / instance_bits": "instance id range and bit depth",
+    "instance_count": "number of instances (ids >= 1000)",
+    "instance_label_mismatch": "pixels whose instance id >= 1000 has id // 1000 != label",
+    "image_channels": "photo channels",
+    "sizes_agree": "all files of the sample have one size",
+    "frac_<id>": "share of the sample's pixels with label id <id>",
+    "label_unknown_colours": "colours of a colour label map not in data.palette (null: none)",
+}
+
 ROLE_FILE = {"label": "label_path", "instance": "instance_path", "image": "image_path"}
 INSTANCE_MODES = ["L", "P", "I;16", "I;16B", "I;16L", "I"]
 _NAMES = {lab.id: lab.name for lab in LABELS if lab.id >= 0}
@@ -181,7 +197,7 @@ def default_suite(
                 "splits": list(splits),
                 "palette": palette,
             },
-            "columns": "see components/validate.py (MANIFEST_COLUMNS)",
+            "columns": MANIFEST_COLUMNS,
         },
         "expectations": ex,
     }

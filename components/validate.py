@@ -2,7 +2,7 @@
 Expectations suite (the data contract, see ``components.contract``), and optionally
 compare the dataset with a training profile (drift).
 
-The manifest holds one row per sample of measured values (``MANIFEST_COLUMNS``); the
+The manifest holds one row per sample of measured values (``contract.MANIFEST_COLUMNS``); the
 suite states what they must be. On a broken contract: ``report.txt`` naming each file
 and measured value, the Great Expectations result as JSON and as the library's Data Docs
 HTML; exit 2. On drift only (``--reference``): the same report, exit 1. On success:
@@ -33,19 +33,6 @@ from model.palette import Palette, decode, describe_unknown, load_palette
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = {
-    "key / split / stem": "the sample (split/stem) and its parts",
-    "label_path / instance_path / image_path": "the files (null when missing)",
-    "read_error": "why a file could not be read (null when all were read)",
-    "<role>_mode / _width / _height / _bytes": "PIL mode, size and file size of each file",
-    "label_min / label_max / label_classes": "label id range and number of ids present",
-    "instance_min / instance_max / instance_bits": "instance id range and bit depth",
-    "instance_count": "number of instances (ids >= 1000)",
-    "instance_label_mismatch": "pixels whose instance id >= 1000 has id // 1000 != label",
-    "image_channels": "photo channels",
-    "sizes_agree": "all files of the sample have one size",
-    "frac_<id>": "share of the sample's pixels with label id <id>",
-}
 _BITS = {"1": 1, "L": 8, "P": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "RGB": 8}
 
 
