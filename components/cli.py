@@ -240,7 +240,6 @@ CLUSTER = Group(
 
 def _validate_from_params(o: dict[str, Any], p: Any) -> dict[str, Any]:
     from components.params import stage_model_config
-
     from components.validate import min_file_size
 
     cfg = stage_model_config(p, "local")

@@ -65,7 +65,7 @@ def _components(settings: ClusterSettings) -> dict[str, Any]:
     def make(fn: Callable[..., None], image: str) -> Any:
         return dsl.component(fn, base_image=image, install_kfp_package=False)
 
-    names = ["synth", "validate", "boundaries", "features", "segmenter", "evaluate"]
+    names = ["synth", "validate", "drift", "boundaries", "features", "segmenter", "evaluate"]
     out = {n: make(getattr(steps, n), settings.image) for n in [*names, "export", "promote"]}
     train_image = settings.gpu_image if settings.num_nodes <= 1 else settings.image
     for stage in ("global", "local"):  # one step function, a component (task) per stage
@@ -144,7 +144,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
 
     @dsl.pipeline(
         name="pix2pixhd",
-        description="pix2pixHD: validate, boundaries, two-stage training, features, "
+        description="pix2pixHD: validate, drift, boundaries, two-stage training, features, "
         "segmentation-based evaluation, ONNX export and registry promotion.",
     )
     def pix2pixhd(
@@ -170,6 +170,9 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             **common, dataset_uri=dataset_uri, num_train=num_train, num_val=num_val, **size
         )
         validate = c["validate"](**common, **size, data=synth.outputs["data"])
+        drift = c["drift"](  # the val split, the data evaluated on, vs the training profile
+            **common, **size, data=synth.outputs["data"], reference=validate.outputs["report"]
+        )
         bounds = c["boundaries"](**common, data=synth.outputs["data"]).after(validate)
         train = {
             **common,
@@ -204,7 +207,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             report=validate.outputs["report"],
             generator=feats.outputs["model"],
             segmenter=seg.outputs["model"],
-        )
+        ).after(drift)
         exp = c["export"](
             **common,
             tracking_uri=tracking_uri,
@@ -218,7 +221,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             min_delta=min_delta,
             exported=exp.outputs["onnx_model"],  # after export: the servable version
         )
-        for task in (synth, validate, bounds, feats, seg, ev, exp, prom):
+        for task in (synth, validate, drift, bounds, feats, seg, ev, exp, prom):
             _configure(task, settings, gpu=False)
         for task in (train_g, train_l):
             _configure(task, settings, gpu=settings.num_nodes <= 1)

@@ -63,6 +63,39 @@ def validate(
 
     p = step_params(params_yaml, {"width": width, "height": height}, overrides)
     cfg = stage_model_config(p, "local")
+    summary = step.run(  # the suite generated from the params (= data/expectations/)
+        Path(data.path),
+        Path(report.path),
+        p.data.layout,
+        cfg.label_nc,
+        cfg.use_instance_map,
+        cfg.generator.size_multiple,
+        min_size=step.min_file_size(p.data.preprocess, p.data.crop_size),
+        palette=p.data.palette or None,
+    )
+    report.metadata["samples"] = int(summary.get("samples", 0))
+
+
+def drift(
+    params_yaml: str,
+    overrides: list,
+    width: int,
+    height: int,
+    data: Input[Dataset],
+    reference: Input[Artifact],
+    report: Output[Artifact],
+) -> None:
+    """The evaluation (val) split against the training split's profile (``reference``:
+    validate's report, its summary.json); fails the run on drift."""
+    from pathlib import Path
+
+    from components import validate as step
+    from components.params import stage_model_config
+    from pipelines.parameters import step_params
+
+    p = step_params(params_yaml, {"width": width, "height": height}, overrides)
+    cfg = stage_model_config(p, "local")
+    v = p.validate
     summary = step.run(
         Path(data.path),
         Path(report.path),
@@ -70,6 +103,12 @@ def validate(
         cfg.label_nc,
         cfg.use_instance_map,
         cfg.generator.size_multiple,
+        splits=("val",),
+        reference=Path(reference.path) / "summary.json",
+        drift_ratio=v.drift_ratio,
+        drift_min_delta=v.drift_min_delta,
+        drift_z=v.drift_z,
+        palette=p.data.palette or None,
     )
     report.metadata["samples"] = int(summary.get("samples", 0))
 
