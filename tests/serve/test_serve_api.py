@@ -353,7 +353,7 @@ def test_follow_alias_reloads_without_dropping_requests_in_flight(
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts"))
     client.create_registered_model("tiny")
-    # version 1, today's layout: the checkpoint as the version's files, ONNX linked by a tag
+    # version 1, the earlier layout: the checkpoint as the version's files, ONNX linked by a tag
     run1 = client.create_run(exp)
     client.log_artifact(run1.info.run_id, str(serve_model["checkpoint"]), "generator")
     client.log_artifact(run1.info.run_id, str(serve_model["onnx"]), "onnx_model")
@@ -363,17 +363,30 @@ def test_follow_alias_reloads_without_dropping_requests_in_flight(
         run_id=run1.info.run_id,
         tags={"onnx_model": f"{run1.info.artifact_uri}/onnx_model"},
     )
-    # version 2, an MLflow model whose artifacts hold the graph: another bias
+    # version 2, as `export` registers now: a logged pyfunc model whose artifacts hold the
+    # graph (here with another bias) and the checkpoint
     proto = onnx.load(str(serve_model["onnx"]))
     floats = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
     last = [i for i in floats if len(i.dims) == 1][-1]
     last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) + 0.5, last.name))
-    v2 = tmp_path / "v2" / "artifacts" / "model.onnx"
+    v2 = tmp_path / "v2" / "model.onnx"
     v2.parent.mkdir(parents=True)
     onnx.save(proto, str(v2))
-    run2 = client.create_run(exp)
-    client.log_artifacts(run2.info.run_id, str(tmp_path / "v2"), "model")
-    client.create_model_version("tiny", f"{run2.info.artifact_uri}/model", run_id=run2.info.run_id)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=exp) as run2:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=mlflow.pyfunc.PythonModel(),
+                artifacts={"onnx": str(v2), "checkpoint": str(serve_model["checkpoint"])},
+                pip_requirements=["onnxruntime"],
+            )
+        client.create_model_version(
+            "tiny", info.model_uri, run_id=run2.info.run_id, model_id=info.model_id
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
     client.set_registered_model_alias("tiny", "champion", "1")
 
     holder = load("models:/tiny@champion", threads=1, tracking_uri=uri)
