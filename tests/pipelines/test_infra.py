@@ -84,7 +84,8 @@ def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
     from components.cli import build_parser
     from components.registry import ALIAS
 
-    docs = list(yaml.safe_load_all((ROOT / "infra/k8s/base/serve.yaml").read_text()))
+    serving = ROOT / "infra" / "k8s" / "serving"
+    docs = list(yaml.safe_load_all((serving / "serve.yaml").read_text()))
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     service = next(d for d in docs if d["kind"] == "Service")
     pod = deploy["spec"]["template"]
@@ -106,9 +107,10 @@ def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert service["spec"]["ports"][0]["targetPort"] in ports
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    kust = yaml.safe_load((ROOT / "infra/k8s/base/kustomization.yaml").read_text())
-    assert "serve.yaml" in kust["resources"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.pix2pixhd:5000"  # base's Service
+    kust = yaml.safe_load((serving / "kustomization.yaml").read_text())
+    assert "serve.yaml" in kust["resources"] and kust["namespace"] == "pix2pixhd"
+    assert container["image"] in {i["name"] for i in kust["images"]}
 
 
 def test_champion_inferenceservice_serves_the_registry_alias():
@@ -121,7 +123,7 @@ def test_champion_inferenceservice_serves_the_registry_alias():
     serving = ROOT / "infra" / "k8s" / "serving"
     kust = yaml.safe_load((serving / "kustomization.yaml").read_text())
     docs = [d for res in kust["resources"] for d in yaml.safe_load_all((serving / res).read_text())]
-    (isvc,) = docs
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]  # serve.yaml: own test
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     api = ApiClient()
     meta = api._ApiClient__deserialize(isvc["metadata"], "V1ObjectMeta")
