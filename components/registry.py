@@ -12,6 +12,7 @@ versions only grows.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -162,11 +163,18 @@ def _converge(
 ) -> str:
     from mlflow.exceptions import MlflowException
 
-    for _ in range(attempts):
+    for attempt in range(attempts):
         best = _best_passing(client, name, metric)
         if before_write is not None:
             before_write()
-        client.set_registered_model_alias(name, ALIAS, best.version)
+        try:
+            client.set_registered_model_alias(name, ALIAS, best.version)
+        except MlflowException as exc:
+            # MLflow's SQL store reads, then inserts the alias row: two writers racing on
+            # PostgreSQL get a unique violation. Another write won; re-read and retry.
+            log.info("alias write of %s v%s lost a race (%s); retrying", name, best.version, exc)
+            time.sleep(0.05 * (attempt + 1))
+            continue
         best_now = _best_passing(client, name, metric)
         try:
             current = client.get_model_version_by_alias(name, ALIAS).version

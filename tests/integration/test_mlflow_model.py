@@ -1,7 +1,7 @@
 """The registered generator is an MLflow pyfunc model, against the real tracking stack
 (MLflow server on PostgreSQL, artifacts on S3): load and predict at native size, serve
-by alias with `mlflow models serve`, `generate --model`, no version churn on rerun, and
-concurrent promotions from several processes."""
+by alias with `mlflow models serve`, `generate --model`, and concurrent promotions from
+several processes. (No version churn on a rerun of export: test_cli_train's flow.)"""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from components import export
@@ -32,6 +35,7 @@ CFG = tiny_config(
     ),
 )
 NAME = "tiny-pix2pixhd"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evaluation(path, ckpt, miou, name=NAME):
@@ -145,24 +149,6 @@ def test_wrapper_imports_neither_torch_nor_the_project():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_rerun_reuses_the_version_of_the_same_checkpoint(registered, mlflow_uri):
-    import mlflow
-
-    root, _, ckpt, summary = registered
-    before = len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
-    again = export.run(
-        ckpt,
-        root / "export2" / "model.onnx",
-        fp16=False,
-        tracking_uri=mlflow_uri,
-        evaluation=root / "evaluation.json",
-        experiment="pyfunc-test",
-    )
-    assert again["registered"]["version"] == summary["registered"]["version"]
-    assert again["registered"]["reused"] is True
-    assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == before
-
-
 def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri, tmp_path):
     import mlflow
 
@@ -170,27 +156,43 @@ def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri,
     promote(NAME, summary["registered"]["version"], tracking_uri=mlflow_uri)
     uri = f"models:/{NAME}@{ALIAS}"
     port = free_port()
+    # the cluster's command (infra/k8s/serving), on this model, loopback and one worker
+    isvc = yaml.safe_load((ROOT / "infra/k8s/serving/champion-inferenceservice.yaml").read_text())
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    args = list(container["args"])
+    for flag, value in (("-m", uri), ("-h", "127.0.0.1"), ("-p", str(port)), ("-w", "1")):
+        args[args.index(flag) + 1] = value
+    assert container["command"][0] == "mlflow"
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+        [sys.executable, "-m", *container["command"], *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
         start_new_session=True,
-    )  # fmt: skip
+    )
+
+    def post(inputs: dict) -> urllib.request.Request:
+        return urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": inputs}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", 180, proc)
         label, inst = _maps(1, 19, 30, seed=4)
-        body = json.dumps({"inputs": {"label": label.tolist(), "instance": inst.tolist()}})
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(
+            post({"label": label.tolist(), "instance": inst.tolist()}), timeout=60
+        ) as resp:
             served = np.asarray(json.loads(resp.read())["predictions"], np.float32)
         assert served.shape == (1, 3, 19, 30)
         local = mlflow.pyfunc.load_model(uri).predict({"label": label, "instance": inst})
         assert np.abs(served - local).max() < 1e-5
+        bad = (label + 6).tolist()  # label ids out of the model's range: a 400 that says so
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(post({"label": bad, "instance": inst.tolist()}), timeout=60)
+        assert err.value.code == 400 and "ids must be in [0, 6)" in err.value.read().decode()
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -256,7 +258,8 @@ def test_concurrent_promotions_from_processes_best_wins(mlflow_uri, tmp_path):
         time.sleep(0.05)
     (tmp_path / "go").touch()
     outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(scores), outputs
+    failed = [o[-2000:] for o, p in zip(outputs, procs, strict=True) if p.returncode]
+    assert not failed, "\n---\n".join(failed)
     versions = client.search_model_versions(f"name='{name}'")
     assert sorted(float(v.tags["mean_iou"]) for v in versions) == sorted(scores)  # none lost
     assert all(v.tags.get("promotion") in ("passed", "rejected") for v in versions)
