@@ -345,7 +345,7 @@ COMMANDS: tuple[Command, ...] = (
             opt("--out", type=_location, required=True),
             PARAMS,
         ),
-        derive=lambda o, p: {"cfg": p.features, "layout": p.data.layout},
+        derive=lambda o, p: {"cfg": p.features, "layout": p.data.layout, "palette": p.data.palette},
     ),
     Command(
         "segmenter train",
@@ -364,6 +364,7 @@ COMMANDS: tuple[Command, ...] = (
             "width": p.data.width,
             "height": p.data.height,
             "layout": p.data.layout,
+            "palette": p.data.palette,
         },
     ),
     Command(
@@ -385,6 +386,7 @@ COMMANDS: tuple[Command, ...] = (
             "params": p.evaluate,
             "layout": p.data.layout,
             "experiment": p.tracking.experiment,
+            "palette": p.data.palette,
         },
     ),
     Command(

@@ -35,6 +35,7 @@ from model.features import features_from_clusters
 from model.image_io import tensor_to_rgb, write_png
 from model.labels import LABELS, colorize
 from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
+from model.palette import load_palette
 from model.pspnet import segment
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def run(
     orchestrator: str | None = None,
     experiment: str = "pix2pixhd",
     data_summary: Path | None = None,
+    palette: str = "",
 ) -> dict[str, Any]:
     params = params or EvaluateParams()
     ckpt = load_checkpoint(checkpoint)
@@ -77,7 +79,8 @@ def run(
     val = find_samples(data, lay, "val", model.cfg.use_instance_map)
     if not val:
         raise InputError(f"{data}: no val samples to evaluate on")
-    ds = PairedDataset(val, model.cfg.label_nc, int(width), int(height))
+    pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
+    ds = PairedDataset(val, model.cfg.label_nc, int(width), int(height), palette=pal)
     centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
     rng = torch.Generator().manual_seed(params.seed)
     cm_fake, cm_real = ConfusionMatrix(), ConfusionMatrix()

@@ -17,6 +17,7 @@ from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import FeatureConfig, cluster_features, instance_features
 from model.labels import LABELS
+from model.palette import load_palette
 
 log = logging.getLogger(__name__)
 _NAMES = {lab.id: lab.name for lab in LABELS}
@@ -29,6 +30,7 @@ def run(
     cfg: FeatureConfig | None = None,
     layout: str = "auto",
     batch_size: int = 4,
+    palette: str = "",
 ) -> dict[str, Any]:
     cfg = cfg or FeatureConfig()
     ckpt = load_checkpoint(checkpoint)
@@ -55,7 +57,8 @@ def run(
             f"{checkpoint}: the checkpoint does not record its training size; "
             "it was not written by `pix2pixhd train`"
         )
-    ds = PairedDataset(samples, model.cfg.label_nc, int(width), int(height))
+    pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
+    ds = PairedDataset(samples, model.cfg.label_nc, int(width), int(height), palette=pal)
     encoded = []
     for start in tqdm(range(0, len(ds), batch_size), desc="encode instances", unit="batch"):
         items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]

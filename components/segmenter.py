@@ -27,6 +27,7 @@ from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
+from model.palette import load_palette
 from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,15 @@ def evaluate_real(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> dict[
 
 
 def run(
-    data: Path, out: Path, params: SegmenterParams, width: int, height: int, layout: str = "auto"
+    data: Path,
+    out: Path,
+    params: SegmenterParams,
+    width: int,
+    height: int,
+    layout: str = "auto",
+    palette: str = "",
 ) -> dict[str, Any]:
+    pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     lay = detect_layout(data) if layout == "auto" else layout
     train = find_samples(data, lay, "train", use_instance_map=False)
     val = find_samples(data, lay, "val", use_instance_map=False)
@@ -88,7 +96,9 @@ def run(
     else:
         side = min(params.train_crop, width, height)  # never larger than the images
         crop = (side, side) if params.train_crop else None
-        ds = PairedDataset(train, 35, width, height, crop=crop, flip=True, seed=params.seed)
+        ds = PairedDataset(
+            train, 35, width, height, crop=crop, flip=True, seed=params.seed, palette=pal
+        )
         history = _train(model, ds, params)
     model.eval()
     for p in model.parameters():
@@ -103,7 +113,8 @@ def run(
             "image_size": [width, height],
         },
     )
-    oracle = evaluate_real(model, PairedDataset(val, 35, width, height), params) if val else {}
+    val_ds = PairedDataset(val, 35, width, height, palette=pal)
+    oracle = evaluate_real(model, val_ds, params) if val else {}
     summary = {
         "segmenter": str(out / "segmenter.pth"),
         "backbone": params.backbone,

@@ -186,7 +186,9 @@ def features(
 
     p = step_params(params_yaml, {}, overrides)
     ckpt = Path(checkpoint.path) / "latest.pth"
-    step.run(ckpt, Path(data.path), Path(model.path), p.features, p.data.layout)
+    step.run(
+        ckpt, Path(data.path), Path(model.path), p.features, p.data.layout, palette=p.data.palette
+    )
 
 
 def segmenter(
@@ -209,7 +211,9 @@ def segmenter(
     values = {"width": width, "height": height, "segmenter_weights": segmenter_weights}
     p = step_params(params_yaml, values, overrides)
     d = p.data
-    summary = step.run(Path(data.path), Path(model.path), p.segmenter, d.width, d.height, d.layout)
+    summary = step.run(
+        Path(data.path), Path(model.path), p.segmenter, d.width, d.height, d.layout, d.palette
+    )
     for k in ("val_real_pixel_accuracy", "val_real_mean_iou"):
         if summary.get(k) is not None:
             metrics.log_metric(k, float(summary[k]))
@@ -254,6 +258,7 @@ def evaluate(
         orchestrator="kfp",
         experiment=p.tracking.experiment,
         data_summary=Path(report.path) / "summary.json",
+        palette=p.data.palette,
     )
     for k, v in result["scores"].items():
         metrics.log_metric(k, float(v))
