@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench clean images test-containers
 
 setup: $(STAMP)
 
@@ -23,6 +23,17 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest tests
+
+# the project images (infra/docker): offline from a host-built wheelhouse and a debootstrap
+# base by default, IMAGE_SOURCE=online for python:3.11-slim + PyPI; layers are cached
+images: setup
+	PYTHON=$(CURDIR)/$(BIN)/python infra/docker/build-images.sh
+
+# tests/containers (not in `make test`): the engine started if needed, the images built
+# (cached), then the DAG and the components run in them; skipped without an engine
+test-containers: setup
+	@if infra/docker/engine.sh; then PYTHON=$(CURDIR)/$(BIN)/python infra/docker/build-images.sh; fi
+	PIX2PIXHD_SKIP_IMAGE_BUILD=1 $(BIN)/python -m pytest tests/containers
 
 demo: setup
 	$(BIN)/python -m components.cli --help >/dev/null

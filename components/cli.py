@@ -498,6 +498,15 @@ COMMANDS: tuple[Command, ...] = (
         options=(
             opt("--local", action="store_true", required=True, help="(required)"),
             opt("--pipeline-root", type=Path, default=Path("data/kfp"), help="where artifacts go"),
+            opt(
+                "--runner",
+                choices=["subprocess", "docker"],
+                default="subprocess",
+                help="subprocess: tasks in this environment (default); docker: each task "
+                "in the project image (kfp DockerRunner, host network; `make images`)",
+            ),
+            opt("--image", help="--runner docker: the CPU steps' image (pix2pixhd-cpu:local)"),
+            opt("--gpu-image", help="--runner docker: training's image (pix2pixhd-cuda:local)"),
             PIPELINE_PARAMS,
             PIPELINE_ARGS,
         ),

@@ -24,6 +24,10 @@ PIPELINE_RUN_ENV = "PIX2PIXHD_PIPELINE_RUN"  # set by the DAG drivers (dvc: make
 
 
 def git_sha(root: Path = PROJECT_ROOT) -> str:
+    """The commit of the code: git's HEAD, or in an image (no .git) the commit it was
+    built from (``PIX2PIXHD_GIT_SHA``, set by infra/docker/Dockerfile.*)."""
+    if os.environ.get("PIX2PIXHD_GIT_SHA"):
+        return os.environ["PIX2PIXHD_GIT_SHA"]
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],

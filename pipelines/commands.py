@@ -57,13 +57,24 @@ def run_local(
     pipeline_root: Path = Path("data/kfp"),
     params_file: Path | None = None,
     arguments: list[str] | None = None,
+    runner: str = "subprocess",
+    image: str | None = None,
+    gpu_image: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole DAG on this machine with kfp.local (``local``: the only runner, a
-    required flag so that a remote run is never started by accident)."""
+    """Run the whole DAG on this machine with kfp.local (``local``: a required flag so
+    that a remote run is never started by accident; ``runner``: subprocess, or docker
+    with the project ``image`` and ``gpu_image``, see pipelines.containers)."""
     from pipelines import dag
 
     params = _params_file(params_file)
-    return dag.run_local(params, Path(pipeline_root).resolve(), parse_arguments(arguments))
+    return dag.run_local(
+        params,
+        Path(pipeline_root).resolve(),
+        parse_arguments(arguments),
+        runner=runner,
+        image=image,
+        gpu_image=gpu_image,
+    )
 
 
 def submit(

@@ -245,14 +245,29 @@ def compile_pipeline(params_file: Path, out: Path, settings: ClusterSettings | N
 
 
 def run_local(
-    params_file: Path, pipeline_root: Path, arguments: Mapping[str, Any] | None = None
+    params_file: Path,
+    pipeline_root: Path,
+    arguments: Mapping[str, Any] | None = None,
+    runner: str = "subprocess",
+    image: str | None = None,
+    gpu_image: str | None = None,
 ) -> dict[str, Any]:
-    """The whole DAG on this machine with kfp's SubprocessRunner (current environment).
-    Returns each task's state and the output artifact paths."""
+    """The whole DAG on this machine with kfp.local: ``runner="subprocess"`` in the
+    current environment, ``"docker"`` every task in the project images (``image``, and
+    ``gpu_image`` for training; see pipelines.containers). Returns the run's state."""
     from kfp import local
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    settings = ClusterSettings(image=LOCAL_IMAGE, gpu_image=LOCAL_IMAGE, s3_secret="", gpus=1)
+    from pipelines import containers
+
+    if runner == "docker":
+        image = image or containers.DEFAULT_IMAGE
+        gpu_image = gpu_image or containers.DEFAULT_GPU_IMAGE
+        kfp_runner = containers.docker_runner(pipeline_root, [image, gpu_image])
+    else:
+        image = gpu_image = LOCAL_IMAGE
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(pipeline_root))
+    settings = ClusterSettings(image=image, gpu_image=gpu_image, s3_secret="", gpus=1)
     pipeline = build_pipeline(Path(params_file).read_text(), settings)
     # expected here, once per task: the project image is this environment, and cluster
     # resources do not apply to local subprocesses

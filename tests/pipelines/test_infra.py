@@ -22,14 +22,67 @@ def test_dockerfiles_copy_existing_paths_and_pin_setup_cfg_torch():
         for line in cfg["options"]["install_requires"].splitlines()
         if "==" in line
     )
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
     for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
         text = (ROOT / "infra" / "docker" / name).read_text()
-        for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
             for path in src.split():
                 assert (ROOT / path).exists(), f"{name}: COPY {path} does not exist"
+                # the allow-list of the build context lets it through
+                assert f"!{path.rstrip('/')}" in ignored, f"{name}: {path} not in the context"
         assert f"torch=={pins['torch']}" in text and f"torchvision=={pins['torchvision']}" in text
-        # kfp in the image: components skip installing it
-        assert re.search(r"'\.\[mlops[\w,]*\]'", text)
+        # kfp in the image (components skip installing it), and `pix2pixhd serve`'s extras
+        assert "requirements.py /src/setup.cfg mlops serve" in text
+
+
+def test_the_two_dockerfiles_differ_only_in_torch_index_and_metadata():
+    # what lets an offline build share every layer between them (see infra/README.md)
+    def body(name: str) -> list[str]:
+        lines = (ROOT / "infra" / "docker" / name).read_text().splitlines()
+        code = [line for line in lines if line and not line.startswith("#")]
+        return code[: next(i for i, line in enumerate(code) if line.startswith("ARG GIT_SHA"))]
+
+    cpu, cuda = body("Dockerfile.cpu"), body("Dockerfile.cuda")
+    diff = [(a, b) for a, b in zip(cpu, cuda, strict=True) if a != b]
+    assert diff == [
+        (
+            "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+            "ARG TORCH_INDEX_URL=https://pypi.org/simple",
+        )
+    ]
+    assert cpu.index(diff[0][0]) < cpu.index(next(x for x in cpu if x.startswith("FROM")))
+
+
+def test_image_requirements_are_setup_cfg_pins():
+    import subprocess
+    import sys
+
+    script = str(ROOT / "infra/docker/requirements.py")
+    out = subprocess.run(
+        [sys.executable, script, str(ROOT / "setup.cfg"), "mlops", "serve"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = cfg["options.extras_require"]
+    wanted = [x.strip() for e in ("mlops", "serve") for x in extras[e].splitlines() if x.strip()]
+    assert out[:2] == ["torch==2.14.1", "torchvision==0.29.1"] and out[-len(wanted) :] == wanted
+    assert not any(x.startswith(("pytest", "ruff", "docker")) for x in out)  # no dev extras
+
+
+def test_docker_runner_user_env_and_pipeline_root(tmp_path):
+    from pipelines import containers
+
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "MLFLOW_TRACKING_URI": "x", "HOME": "/r"}
+    assert containers.forwarded_env(env) == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "MLFLOW_TRACKING_URI": "x",
+    }
+    root = tmp_path / "a" / "root"
+    assert containers.container_user(root, uid=1234, gid=99) == "1234:99"
+    assert root.is_dir()  # made here, not left to the engine (which would make it root's)
 
 
 def test_kustomize_resources_exist_and_parse():

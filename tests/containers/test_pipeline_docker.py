@@ -1,0 +1,62 @@
+"""The whole DAG in containers (kfp.local.DockerRunner, host network, the image's user)
+on the tiny configuration, against the same DAG run by the subprocess runner."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from components.cli import main
+
+TINY = (
+    "num_train=4",
+    "num_val=2",
+    "width=128",
+    "height=64",
+    "niter_global=1",
+    "niter_decay_global=0",
+    "niter_local=1",
+    "niter_decay_local=0",
+    'overrides=["segmenter.epochs=1", "train_local.niter_fix_global=0"]',
+)
+
+
+def run_pipeline(root: Path, runner: str, images: dict[str, str]) -> Path:
+    args = ["pipeline", "run", "--local", "--runner", runner, "--pipeline-root", str(root)]
+    if runner == "docker":
+        args += ["--image", images["cpu"], "--gpu-image", images["cuda"]]
+    # MLflow's database in the pipeline root: the runs of both runners are kept apart
+    for a in (*TINY, f"tracking_uri=sqlite:///{root}/mlflow.db"):
+        args += ["--arg", a]
+    assert main(args) == 0
+    return next(p for p in root.iterdir() if p.is_dir() and p.name.startswith("pix2pixhd"))
+
+
+def scores(run: Path) -> dict[str, float]:
+    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
+    flat = {}
+    for group in ("generated", "real"):
+        for key, value in metrics.get(group, {}).items():
+            if isinstance(value, int | float):
+                flat[f"{group}.{key}"] = float(value)
+    return flat
+
+
+def test_dag_in_containers_scores_equal_the_subprocess_runs(images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the cwd
+    docker_run = run_pipeline(tmp_path / "docker", "docker", images)
+    local_run = run_pipeline(tmp_path / "subprocess", "subprocess", images)
+
+    inside, outside = scores(docker_run), scores(local_run)
+    assert inside.keys() == outside.keys() and "generated.mean_iou" in inside
+    # same wheels, same CPU, same thread count: the same floating-point operations in
+    # the same order, so the scores agree to rounding noise of the float32 -> JSON path
+    for key in inside:
+        assert math.isclose(inside[key], outside[key], rel_tol=1e-6, abs_tol=1e-9), key
+    # the tasks ran as the image's unprivileged user and wrote into the mounted root
+    model = docker_run / "features" / "model"
+    assert model.exists() and model.stat().st_uid != 0
+    decision = json.loads((docker_run / "promote" / "decision").read_text())
+    assert decision["promoted"] is True
+    assert (docker_run / "export" / "onnx_model" / "model.onnx").stat().st_size > 10_000
