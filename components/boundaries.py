@@ -6,7 +6,6 @@ Idempotent: a map newer than its instance file is skipped. Uses a process pool.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from model.datasets import LAYOUTS, boundary_file, detect_layout, find_samples
 from model.errors import InputError
+from model.fileio import prepare_out_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,10 @@ def boundary_array(instance: np.ndarray) -> np.ndarray:
 
 
 def _one(job: tuple[str, str]) -> str:
-    from PIL import Image
-
-    from model.image_io import read_instance
+    from model.image_io import read_instance, write_png
 
     src, dst = job
-    tmp = f"{dst}.tmp.png"
-    Image.fromarray(boundary_array(read_instance(src))).save(tmp)
-    os.replace(tmp, dst)
+    write_png(dst, boundary_array(read_instance(src)))  # atomic
     return dst
 
 
@@ -55,6 +51,7 @@ def run(
     if layout != "auto" and layout not in LAYOUTS:
         raise InputError(f"--layout {layout!r}: expected auto, {', '.join(LAYOUTS)}")
     lay = detect_layout(data) if layout == "auto" else layout
+    prepare_out_dir(out)
     if lay == "rgb":
         raise InputError(f"{data}: the rgb layout has no instance maps, nothing to do")
     jobs, skipped = [], 0
@@ -87,7 +84,6 @@ def run(
         "seconds": round(time.perf_counter() - start, 2),
         "layout": lay,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "boundaries_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "boundaries_summary.json", summary)
     log.info("boundaries: %d written, %d up to date", len(jobs), skipped)
     return summary

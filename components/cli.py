@@ -54,7 +54,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger("pix2pixhd")
 
@@ -437,7 +437,10 @@ COMMANDS: tuple[Command, ...] = (
             TRACKING,
             PARAMS,
         ),
-        derive=lambda o, p: {"experiment": p.tracking.experiment},
+        derive=lambda o, p: {
+            "experiment": p.tracking.experiment,
+            "tracking_optional": p.tracking.optional,
+        },
     ),
     Command(
         "edit",
@@ -452,7 +455,7 @@ COMMANDS: tuple[Command, ...] = (
             opt("--instances", type=_location, required=True, help="its instance-id PNG"),
             opt("--edits", type=_location, help="EDITS.json (none: just render / sample)"),
             opt("--out", type=_location, required=True),
-            opt("--samples", type=int, default=0, help="variations to render (K)"),
+            opt("--samples", type=_positive_int, default=0, help="variations to render (K >= 1)"),
             opt("--seed", type=int, default=0),
             ENGINE,
         ),
@@ -653,8 +656,15 @@ def _add_options(p: argparse.ArgumentParser, command: Command) -> None:
             p.add_argument(*item.flags, **item.kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (what is wrong and where to look), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pix2pixhd",
         description="pix2pixHD (Wang et al., CVPR 2018): semantic label maps to "
         "high-resolution photos, as a reproducible pipeline.",
@@ -722,6 +732,8 @@ def _staged(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
         return
     from components import storage
 
+    if "out" in uris and int(os.environ.get("RANK", "0")) == 0:
+        storage.check_writable(uris["out"])  # credentials and bucket, before the work
     with tempfile.TemporaryDirectory(prefix="pix2pixhd-out-") as tmp:
         local = argparse.Namespace(**vars(args))
         fetched: dict[str, Path] = {}  # --labels and --instances often name one prefix
@@ -793,8 +805,52 @@ def _stdout_to_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+def _printable(text: str) -> str:
+    """Text any terminal can show: undecodable bytes of file names appear as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _log_dir() -> Path:
+    return Path(os.environ.get("PIX2PIXHD_LOG_DIR") or Path(tempfile.gettempdir()) / "pix2pixhd")
+
+
+def _internal_error(command: str, exc: BaseException) -> int:
+    """An unexpected exception (a bug): one line naming it and a log file with the
+    traceback, exit status 1. No user sees a raw traceback."""
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    where = "stderr (the log directory is not writable)"
+    try:
+        directory = _log_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"pix2pixhd-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"pix2pixhd {command}\n{text}", errors="backslashreplace")
+        where = str(path)
+    except OSError:
+        sys.stderr.write(_printable(text))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    sys.stderr.write(
+        _printable(
+            f"pix2pixhd {command}: internal error: {type(exc).__name__}: {first} "
+            f"(traceback in {where})\n"
+        )
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 never crash
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, 2) and --help / --version (0)
+        return int(exc.code or 0)
     configure_logging(args.verbose, args.quiet)
     from model.errors import Pix2PixHDError
 
@@ -804,11 +860,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = {k: v for k, v in vars(staged).items() if k not in _GLOBAL}
             result = call(command, options)
     except Pix2PixHDError as exc:
-        sys.stderr.write(f"pix2pixhd {args.command}: error: {exc}\n")
+        sys.stderr.write(_printable(f"pix2pixhd {args.command}: error: {exc}\n"))
         return getattr(exc, "exit_code", 2)  # 2, or 1 for a finding such as drift
     except KeyboardInterrupt:
         sys.stderr.write(f"pix2pixhd {args.command}: interrupted\n")
         return 130
+    except OSError as exc:  # a full disk, a read-only file system ... outside model.fileio
+        from model.fileio import os_error
+
+        user = os_error(exc, exc.filename or "output")
+        if user is None:
+            return _internal_error(args.command, exc)
+        sys.stderr.write(_printable(f"pix2pixhd {args.command}: error: {user}\n"))
+        return 2
+    except Exception as exc:
+        return _internal_error(args.command, exc)
     sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     return 0
 

@@ -4,7 +4,6 @@ variations drawing other cluster centres per instance (multi-modal synthesis).""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from components.engine import load_generator
 from components.generate import Generator, generate_batch
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
-from model.errors import InputError
+from model.errors import ConfigError, InputError
 from model.features import features_from_clusters
+from model.fileio import StagedFiles, prepare_out_dir, read_json, write_json
 from model.image_io import (
     label_to_tensor,
     read_instance,
@@ -42,6 +42,10 @@ def run(
     seed: int = 0,
     engine: str = "auto",
 ) -> dict[str, Any]:
+    """Outputs (maps, images, summary) are replaced together, or not at all."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"--samples {samples!r}: expected an integer >= 1")
+    prepare_out_dir(out)
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     cfg = model.cfg
@@ -57,12 +61,7 @@ def run(
         raise InputError("--samples needs a model with instance features")
     doc: dict[str, Any] = {"edits": []}
     if edits is not None:
-        try:
-            doc = json.loads(Path(edits).read_text())
-        except FileNotFoundError:
-            raise InputError(f"{edits}: no such edits file") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{edits}: not valid JSON: {exc}") from None
+        doc = read_json(edits, "edits file")
     base = Path(edits).parent if edits is not None else Path(".")
 
     def load_mask(name: str) -> np.ndarray:
@@ -82,7 +81,6 @@ def run(
 
     encoder = encode_reference if cfg.use_instance_features else None
     result = apply_edits(label, inst, doc, cfg.label_nc, load_mask, centres, encoder)
-    out.mkdir(parents=True, exist_ok=True)
     if engine == "torch":
         gen = Generator.from_model(model, centres, torch.device("cpu"))
     else:  # ONNX Runtime on the checkpoint's cached graph (features are passed in)
@@ -109,12 +107,13 @@ def run(
     after = render(
         result.label, result.instance, seed, result.cluster_choice, result.feature_override
     )
-    write_png(out / "labels.png", result.label.astype(np.uint8))
-    write_png(out / "instances.png", result.instance.astype(np.uint16))
-    write_png(out / "before.png", before)
-    write_png(out / "after.png", after)
+    staged = StagedFiles(out)
+    write_png(staged.path("labels.png"), result.label.astype(np.uint8))
+    write_png(staged.path("instances.png"), result.instance.astype(np.uint16))
+    write_png(staged.path("before.png"), before)
+    write_png(staged.path("after.png"), after)
     write_png(
-        out / "before_after.png",
+        staged.path("before_after.png"),
         np.concatenate(
             [
                 np.concatenate([colorize(label), before], 1),
@@ -125,7 +124,7 @@ def run(
     )
     for k in range(samples):
         write_png(
-            out / f"sample_{k:02d}.png",
+            staged.path(f"sample_{k:02d}.png"),
             render(
                 result.label,
                 result.instance,
@@ -135,5 +134,6 @@ def run(
             ),
         )
     summary = {"edits": result.log, "out": str(out), "samples": samples, "engine": gen.engine}
-    (out / "edit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(staged.path("edit_summary.json"), summary)
+    staged.commit()
     return summary

@@ -81,12 +81,11 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None) ->
     InputError naming it."""
     import onnxruntime as ort
 
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such ONNX file")
+    from model.export import load_verified
+
+    _, data = load_verified(path)  # content hash checked: flipped bytes are an error
     try:
-        return ort.InferenceSession(
-            str(path), session_options(threads), providers=providers(device)
-        )
+        return ort.InferenceSession(data, session_options(threads), providers=providers(device))
     except InputError:
         raise
     except Exception as exc:

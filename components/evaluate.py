@@ -32,6 +32,7 @@ from model.checkpoint import build_model, load_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import features_from_clusters
+from model.fileio import atomic_open, prepare_out_dir, write_json
 from model.image_io import tensor_to_rgb, write_png
 from model.labels import LABELS, colorize
 from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
@@ -69,6 +70,7 @@ def run(
     palette: str = "",
 ) -> dict[str, Any]:
     params = params or EvaluateParams()
+    prepare_out_dir(out)  # writable, before any work; temporaries of killed runs go
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     seg, seg_params = load_segmenter(segmenter)
@@ -127,7 +129,7 @@ def run(
         "images": len(ds),
         "mean_iou_convention": MEAN_IOU_CONVENTION,
     }
-    with (out / "iou_per_class.csv").open("w", newline="") as f:
+    with atomic_open(out / "iou_per_class.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "generated", "real"])
         for name in TRAIN_NAMES:
@@ -184,13 +186,13 @@ def run(
         tracker.log_artifact(out / "samples.png")
         tracker.end()
         evaluation["run_id"] = tracker.run_id
-    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "evaluation.json", evaluation)
+    write_json(out / "metrics.json", metrics)
     confusion = {  # generated images: rows ground truth, columns prediction (train ids)
         "categories": list(TRAIN_NAMES),
         "matrix": cm_fake.matrix[:, : len(TRAIN_NAMES)].tolist(),
     }
-    (out / "confusion_matrix.json").write_text(json.dumps(confusion) + "\n")
+    write_json(out / "confusion_matrix.json", confusion, indent=None)
     metrics["scores"] = scores_flat  # flat, for orchestrators' metric outputs (kfp)
     log.info(
         "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",

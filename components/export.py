@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from components.registry import RegistryError
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import build_model, load_checkpoint
 from model.errors import InputError
-from model.export import example_inputs, export_onnx, input_names
+from model.export import example_inputs, export_onnx, graph_hash, input_names, load_verified
+from model.fileio import prepare_out_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +146,26 @@ def run(
     evaluation: Path | None = None,
     experiment: str = "pix2pixhd",
     orchestrator: str | None = None,
+    tracking_optional: bool = False,
 ) -> dict[str, Any]:
+    """With ``evaluation``, registering the model is required: a store that cannot be
+    reached stops the step before the work, a failed registration is an error (exit 2)
+    and no registration.json is left for `promote`; with ``tracking_optional`` the step
+    finishes and registration.json records why nothing was registered."""
+    out = prepare_out_file(out)
+    registration_file = out.parent / "registration.json"
+    registration_file.unlink(missing_ok=True)  # never leave a stale one for promote
     ckpt_sha = file_sha256(checkpoint)
     evaluated = read_evaluation(evaluation, ckpt_sha) if evaluation is not None else None
+    must_register = bool(tracking and evaluated and evaluated.get("model_name"))
+    if must_register and not tracking_optional:
+        probe_tracker = Tracker(tracking_uri=tracking_uri)
+        if not probe_tracker.connect():
+            raise RegistryError(
+                f"cannot register the model: {probe_tracker.failure}; nothing was exported. "
+                "Pass --no-tracking, or set tracking.optional: true to export without "
+                "registering"
+            )
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     centres = ckpt.get("cluster_centers") or None
@@ -163,8 +182,8 @@ def run(
         fp16_path = out.with_name(out.stem + "_fp16.onnx")
         export_onnx(model, fp16_path, fp16=True, cluster_centers=centres)
         summary["onnx_fp16"] = str(fp16_path)
-    registration_file = out.parent / "registration.json"
-    registration_file.unlink(missing_ok=True)  # never leave a stale one for promote
+    proto, _ = load_verified(path)
+    summary["onnx_sha256"] = graph_hash(proto)
     if tracking:
         from components import registry
 
@@ -190,9 +209,17 @@ def run(
                     orchestrator,
                 )
             )
+        if must_register and "registered" not in summary:
+            reason = summary.pop("registration_failure", "the MLflow store failed")
+            if not tracking_optional:
+                raise RegistryError(
+                    f"cannot register the model: {reason}; no registration.json written"
+                )
+            log.warning("the model was not registered: %s (tracking.optional is true)", reason)
+            summary["registered"] = {"registered": False, "reason": reason}
         if "registered" in summary:
-            registration_file.write_text(json.dumps(summary["registered"]) + "\n")
-    (out.parent / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(registration_file, summary["registered"], indent=None)
+    write_json(out.parent / "export_summary.json", summary)
     log.info("exported %s (max |onnx - torch| = %.2e)", path, max_diff)
     return summary
 
@@ -233,25 +260,33 @@ def _log_and_register(
     tracker.end()
     result: dict[str, Any] = {}
     if info is None:
+        result["registration_failure"] = tracker.failure or "the model could not be logged"
         return result
     result["mlflow_model_uri"] = info.model_uri
     if evaluated and evaluated.get("model_name") and tracker.run_id:
-        version = registry.register_generator(
-            evaluated["model_name"],
-            tracker.run_id,
-            info.model_uri,
-            evaluated["scores"],
-            {
-                "dataset_hash": str(evaluated.get("dataset_hash") or ""),
-                "git_sha": tags["git_sha"],
-                "checkpoint": str(checkpoint),
-                "checkpoint_sha256": ckpt_sha,
-                "serving_format": SERVING_FORMAT,
-                "evaluate_run_id": str(evaluated.get("run_id") or ""),
-            },
-            tracking_uri,
-            model_id=getattr(info, "model_id", None),
-        )
+        try:
+            version = registry.register_generator(
+                evaluated["model_name"],
+                tracker.run_id,
+                info.model_uri,
+                evaluated["scores"],
+                {
+                    "dataset_hash": str(evaluated.get("dataset_hash") or ""),
+                    "git_sha": tags["git_sha"],
+                    "checkpoint": str(checkpoint),
+                    "checkpoint_sha256": ckpt_sha,
+                    "content_sha256": str(load_checkpoint(checkpoint).get("content_sha256") or ""),
+                    "onnx_sha256": graph_hash(load_verified(onnx_path)[0]),
+                    "serving_format": SERVING_FORMAT,
+                    "evaluate_run_id": str(evaluated.get("run_id") or ""),
+                },
+                tracking_uri,
+                model_id=getattr(info, "model_id", None),
+            )
+        except Exception as exc:  # any registry failure: reported by run(), never ignored
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result["registration_failure"] = f"registration failed ({type(exc).__name__}: {first})"
+            return result
         result["registered"] = {
             "name": evaluated["model_name"],
             "version": version,

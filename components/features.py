@@ -4,7 +4,6 @@ generation and editing without a reference photo."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import FeatureConfig, cluster_features, instance_features
+from model.fileio import prepare_out_dir, write_json
 from model.labels import LABELS
 from model.palette import load_palette
 
@@ -33,8 +33,8 @@ def run(
     palette: str = "",
 ) -> dict[str, Any]:
     cfg = cfg or FeatureConfig()
+    prepare_out_dir(out)
     ckpt = load_checkpoint(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / "model.pth"
     model = build_model(ckpt).eval()
     if model.netE is None:
@@ -45,7 +45,7 @@ def run(
             "skipped": "the model has no instance feature encoder",
             "checkpoint": str(target),
         }
-        (out / "features_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "features_summary.json", summary)
         return summary
     width, height = ckpt.get("image_size") or (None, None)
     lay = detect_layout(data) if layout == "auto" else layout
@@ -80,6 +80,6 @@ def run(
         "instances_clustered": sum(1 for _, a, _ in encoded if a > cfg.min_area),
         "classes": {_NAMES.get(c, str(c)): int(v.shape[0]) for c, v in centres.items()},
     }
-    (out / "features_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "features_summary.json", summary)
     log.info("clustered %d classes into %s", len(centres), target)
     return summary

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.checkpoint import build_model, load_checkpoint
+from model.device import resolve_device
 from model.encoding import check_label_range, check_size
-from model.errors import InputError
+from model.errors import ConfigError, InputError
 from model.features import features_from_clusters
+from model.fileio import prepare_out_dir, write_json
 from model.image_io import (
     index_by_stem,
     label_to_tensor,
@@ -104,14 +106,6 @@ def _load(sample: Sample, label_nc: int) -> dict[str, torch.Tensor]:
             rgb_to_tensor(read_rgb(sample.image)), sample.image, label, sample.label
         )
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
 
 
 @dataclass
@@ -294,6 +288,10 @@ def run(
     summary."""
     from components.engine import load_generator
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1")
+    resolve_device(device)  # checks the value before any work
+    prepare_out_dir(out)
     if model is not None:
         if checkpoint is not None or onnx is not None:
             raise InputError("give exactly one of --checkpoint, --onnx and --model")
@@ -311,7 +309,6 @@ def run(
         images if gen.use_instance_features else None,
         need_instances=gen.use_instance_map,
     )
-    out.mkdir(parents=True, exist_ok=True)
     rng = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     pending: list[tuple[Sample, dict[str, torch.Tensor]]] = []
@@ -340,7 +337,7 @@ def run(
         "engine": gen.engine,
         "runtime": "pytorch" if gen.engine == "torch" else "onnxruntime",
     }
-    (out / "generate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "generate_summary.json", summary)
     log.info(
         "generated %d images into %s (%.2f s/image)",
         len(samples),

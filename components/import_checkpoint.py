@@ -8,6 +8,7 @@ from typing import Any
 
 from model.checkpoint import config_of, import_official, save_checkpoint
 from model.config import to_dict
+from model.fileio import prepare_out_file
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def run(
     encoder: Path | None = None,
     discriminator: Path | None = None,
 ) -> dict[str, Any]:
+    prepare_out_file(out)
     payload = import_official(generator, label_nc, use_instance_map, encoder, discriminator)
     save_checkpoint(out, payload)
     cfg = config_of(payload)

@@ -27,9 +27,11 @@ from model.config import (
     LossConfig,
     ModelConfig,
     TrainConfig,
+    check_number,
     from_dict,
 )
 from model.errors import ConfigError
+from model.fileio import read_text
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class SegmenterParams:
     crop: int = 0  # evaluation sliding window (author: 713); 0 = whole image
     flip: bool = False  # evaluation flip averaging
 
+    def __post_init__(self) -> None:
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("batch_size", self.batch_size, 1)
+        for name in ("epochs", "momentum", "weight_decay", "train_crop", "crop"):
+            check_number(name, getattr(self, name), 0)
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -98,17 +106,27 @@ class EvaluateParams:
     seed: int = 0  # cluster-centre draws for models with instance features
     samples: int = 4  # rows of the sample grid
 
+    def __post_init__(self) -> None:
+        check_number("batch_size", self.batch_size, 1)
+        check_number("samples", self.samples, 1)
+
 
 @dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "pix2pixhd"
     vgg_weights: str = ""  # torchvision vgg19-dcbb9e9d.pth (needed when loss.use_vgg_loss)
+    # false: evaluate fails when the model cannot be registered; true: it records why
+    # in registration.json (which promote refuses) and finishes
+    optional: bool = False
 
 
 @dataclass(frozen=True)
 class PromoteParams:
     metric: str = "mean_iou"  # version tag compared (written by evaluate)
     min_delta: float = 0.0  # the candidate must beat the champion by at least this
+
+    def __post_init__(self) -> None:
+        check_number("min_delta", self.min_delta, 0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,7 @@ def load_params(path: Path | None = None, overrides: Sequence[str] = ()) -> Para
         return params_from_text("", overrides)
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such params file")
-    return params_from_text(Path(path).read_text(), overrides, str(path))
+    return params_from_text(read_text(path, "params file"), overrides, str(path))
 
 
 def params_from_text(text: str, overrides: Sequence[str] = (), source: str = "params") -> Params:

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from components import registry
+from model.config import check_number
 from model.errors import InputError
+from model.fileio import prepare_out_file, write_json
 
 
 def run(
@@ -35,16 +36,17 @@ def run(
     Returns:
         The decision (``promoted``, the reason, the versions compared).
     """
+    check_number("--min-delta", min_delta, 0)  # before any work
+    if out is not None:
+        prepare_out_file(out)
     if registration is not None:
         if not Path(registration).is_file():
             raise InputError(
                 f"{registration}: no registration (export registers a version only with "
                 "--evaluation and tracking on)"
             )
-        reg = json.loads(Path(registration).read_text())
-        name, version = reg["name"], str(reg["version"])
+        name, version = registry.read_registration(registration)
     result = registry.promote(name, version, metric, min_delta, tracking_uri)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
     return result

@@ -12,11 +12,14 @@ versions only grows.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from model.errors import Pix2PixHDError
+from model.errors import InputError, Pix2PixHDError
+from model.fileio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,36 @@ class RegistryError(Pix2PixHDError):
     pass
 
 
+def read_registration(path: str | Path, allow_unregistered: bool = False) -> tuple[str, str]:
+    """(model name, version) from evaluate's registration.json; a malformed file, or
+    one that records a failed registration, is an error naming the file (with
+    ``allow_unregistered``, the latter gives ``None``)."""
+    reg = read_json(path, "registration file")
+    if not isinstance(reg, dict):
+        raise InputError(f"{path}: registration file must be a JSON object")
+    if reg.get("registered") is False and allow_unregistered:
+        return None  # type: ignore[return-value]
+    if reg.get("registered") is False:
+        raise InputError(
+            f"{path}: the model was not registered ({reg.get('reason', 'no reason given')}): "
+            "nothing to promote; run evaluate again with tracking available"
+        )
+    name, version = reg.get("name"), reg.get("version")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{path}: registration file has no model 'name'")
+    if isinstance(version, bool) or not isinstance(version, int | str):
+        raise InputError(f"{path}: registration file has no 'version'")
+    if not str(version).isdigit():
+        raise InputError(f"{path}: registration 'version' {version!r} is not a version number")
+    return name, str(version)
+
+
 def _client(tracking_uri: str | None) -> Any:
     import mlflow
+
+    from components.tracking import configure_client
+
+    configure_client()
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -89,6 +120,16 @@ def _metric(mv: Any, metric: str) -> float:
         raise RegistryError(f"model version {mv.version} has no numeric tag '{metric}'") from None
 
 
+def _finite_metric(mv: Any, metric: str) -> float | None:
+    """The version's metric, or None when it is missing or not finite (NaN, Inf): such
+    a version can neither be promoted nor block another."""
+    try:
+        value = float(mv.tags[metric])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def promote(
     name: str,
     version: str | None,
@@ -99,6 +140,11 @@ def promote(
 ) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
+    from components.tracking import probe, resolve_uri
+
+    reason = probe(resolve_uri(tracking_uri))  # one short check, not minutes of retries
+    if reason is not None:
+        raise RegistryError(f"cannot reach the model registry: {reason}")
     client = _client(tracking_uri)
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -113,17 +159,33 @@ def promote(
         raise RegistryError(
             f"{name} has no version {version} (known: {', '.join(sorted(by_version, key=int))})"
         )
-    candidate = _metric(by_version[version], metric)
+    if not math.isfinite(min_delta) or min_delta < 0:
+        raise InputError(f"--min-delta {min_delta}: expected a finite number >= 0")
+    _metric(by_version[version], metric)  # a missing tag is an error
+    candidate = _finite_metric(by_version[version], metric)
     try:
         champion = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         champion = None
-    if champion is None:
-        passed, reason = True, "first model: promoted"
+    best = _finite_metric(champion, metric) if champion is not None else None
+    if candidate is None:
+        passed = False
+        reason = (
+            f"{metric} is {by_version[version].tags.get(metric)}: a non-finite score is "
+            "never promoted"
+        )
+    elif champion is None:
+        passed, reason = True, f"first model: promoted (min_delta {min_delta} not applied)"
     elif str(champion.version) == version:
         passed, reason = False, "already the champion"
+    elif best is None:
+        passed = True
+        reason = (
+            f"{metric} {candidate:.4f}; champion v{champion.version} has a non-finite "
+            f"{metric} ({champion.tags.get(metric)}): replaced (min_delta {min_delta} not "
+            "applied)"
+        )
     else:
-        best = _metric(champion, metric)
         passed = candidate > best + min_delta  # a tie does not move the alias
         verdict = ">" if passed else "<="
         reason = (
@@ -140,6 +202,9 @@ def promote(
         "name": name,
         "version": version,
         metric: candidate,
+        "min_delta": min_delta,
+        "champion_before": champion.version if champion else None,
+        "champion_score_before": best,
         "promoted": passed,
         "reason": reason,
         "champion": final or (champion.version if champion else None),
@@ -152,10 +217,10 @@ def _best_passing(client: Any, name: str, metric: str) -> Any:
     passing = [
         v
         for v in client.search_model_versions(f"name='{name}'")
-        if v.tags.get("promotion") == "passed"
+        if v.tags.get("promotion") == "passed" and _finite_metric(v, metric) is not None
     ]
     # equal scores: the earlier version keeps the alias (a tie does not move it)
-    return max(passing, key=lambda v: (_metric(v, metric), -int(v.version)))
+    return max(passing, key=lambda v: (_finite_metric(v, metric), -int(v.version)))
 
 
 def _converge(

@@ -11,7 +11,6 @@ the oracle row of the evaluation.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from components.params import SegmenterParams
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
+from model.fileio import prepare_out_dir, write_json
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
 from model.palette import load_palette
 from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
@@ -80,6 +80,7 @@ def run(
     layout: str = "auto",
     palette: str = "",
 ) -> dict[str, Any]:
+    prepare_out_dir(out)
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     lay = detect_layout(data) if layout == "auto" else layout
     train = find_samples(data, lay, "train", use_instance_map=False)
@@ -103,7 +104,6 @@ def run(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         out / "segmenter.pth",
         {
@@ -124,10 +124,8 @@ def run(
         "val_real_mean_iou": oracle.get("mean_iou"),
         "final_loss": history[-1]["loss"] if history else None,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "iou_per_class.json").write_text(
-        json.dumps(oracle.get("iou_per_class", {}), indent=2) + "\n"
-    )
+    write_json(out / "metrics.json", summary)
+    write_json(out / "iou_per_class.json", oracle.get("iou_per_class", {}))
     log.info("segmenter: val mIoU on real photos %.3f", summary["val_real_mean_iou"] or 0)
     return summary
 

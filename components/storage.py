@@ -90,7 +90,7 @@ def _explain(exc: Exception, uri: str) -> InputError:
         return InputError(f"{uri}: cannot reach the S3 endpoint {endpoint_url() or 'AWS'}")
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchBucket",):
+        if code in ("NoSuchBucket",) or (code == "404" and exc.operation_name == "HeadBucket"):
             return InputError(f"{uri}: no such bucket")
         if code in ("404", "NoSuchKey", "NotFound"):
             return InputError(f"{uri}: no such object or prefix")
@@ -172,6 +172,29 @@ def upload(src: Path, uri: str) -> int:
         raise _explain(exc, uri) from None
     log.info("published %s (%d objects) -> %s", src, len(files), uri)
     return len(files)
+
+
+def check_writable(uri: str) -> None:
+    """Before any work: the credentials, the bucket and the right to write under ``uri``
+    (a small probe object is written and deleted). Problems are one-line InputErrors."""
+    import uuid
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    loc = S3Uri.parse(uri)
+    s3 = client()
+    probe_key = loc.child(f".pix2pixhd-write-probe-{uuid.uuid4().hex}").key
+    if loc.key and not loc.key.endswith("/"):  # a file output: probe beside it
+        parent = loc.key.rsplit("/", 1)[0] if "/" in loc.key else ""
+        probe_key = (
+            S3Uri(loc.bucket, parent).child(f".pix2pixhd-write-probe-{uuid.uuid4().hex}").key
+        )
+    try:
+        s3.head_bucket(Bucket=loc.bucket)
+        s3.put_object(Bucket=loc.bucket, Key=probe_key, Body=b"")
+        s3.delete_object(Bucket=loc.bucket, Key=probe_key)
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, uri) from None
 
 
 def cache_dir() -> Path:

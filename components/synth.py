@@ -7,17 +7,17 @@ gtFine/{split}/{city}/{city}_{seq:06d}_000019_gtFine_instanceIds.png   (16-bit)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from model.errors import InputError
+from model.fileio import prepare_out_dir, write_json
+from model.image_io import write_png
 from model.synth import render_scene
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def run(
         raise InputError("--num-train and --num-val must be >= 0")
     if width < 32 or height < 32:
         raise InputError(f"--size {width}x{height}: width and height must be at least 32")
+    prepare_out_dir(out)
     start = time.perf_counter()
     counts = {}
     for split, n, offset in (("train", num_train, 0), ("val", num_val, 1)):
@@ -56,11 +57,9 @@ def run(
             rng = np.random.default_rng([seed, offset, i])
             scene = render_scene(rng, width, height, cars=cars, trees=trees)
             photo, label, inst = sample_paths(out, split, i)
-            for p in (photo, label, inst):
-                p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(scene.photo).save(photo)
-            Image.fromarray(scene.label).save(label)
-            Image.fromarray(scene.instance.astype(np.uint16)).save(inst)
+            write_png(photo, scene.photo)
+            write_png(label, scene.label)
+            write_png(inst, scene.instance.astype(np.uint16))
         counts[split] = n
     seconds = time.perf_counter() - start
     summary = {
@@ -70,6 +69,6 @@ def run(
         "seed": seed,
         "seconds": round(seconds, 2),
     }
-    (out / "synth_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "synth_summary.json", summary)
     log.info("rendered %d samples into %s in %.1f s", sum(counts.values()), out, seconds)
     return summary

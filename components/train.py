@@ -9,7 +9,6 @@ writes checkpoints.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,14 +23,17 @@ from components.params import Params, flatten, stage_crop, stage_model_config, s
 from components.tracking import Tracker, git_sha, orchestrator_tag
 from model.checkpoint import (
     config_of,
+    init_from_checkpoint,
     init_local_from_global,
     load_checkpoint,
     load_vgg19_state_dict,
 )
 from model.config import to_dict
-from model.datasets import PairedDataset, detect_layout, find_samples
+from model.datasets import PairedDataset, check_sample_sizes, detect_layout, find_samples
+from model.device import resolve_device
 from model.encoding import check_size
 from model.errors import CheckpointError, ConfigError, InputError
+from model.fileio import atomic_open, prepare_out_dir, read_json, write_json
 from model.image_io import write_png
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -55,29 +57,31 @@ LOSS_COLUMNS = [
 
 
 class PipelineHooks(TrainHooks):
-    """Losses to MLflow and to ``losses.csv``; sample grids to MLflow."""
+    """Losses to MLflow and to ``losses.csv`` (rewritten whole, atomically, at each log:
+    a killed run never leaves half a row); sample grids to MLflow."""
 
     def __init__(self, tracker: Tracker, csv_path: Path, label_nc: int) -> None:
         self.tracker, self.csv_path, self.label_nc = tracker, csv_path, label_nc
+        self.rows: list[dict[str, Any]] = []
 
     def truncate_after(self, step: int) -> None:
-        """On resume, forget rows the interrupted run wrote after its last checkpoint."""
-        if not self.csv_path.exists():
-            return
-        with self.csv_path.open() as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
-        self._write(rows, "w")
+        """Start the file: on resume, keep the rows up to the checkpoint's step and forget
+        those the interrupted run wrote after it; a new run starts with the header."""
+        self.rows = []
+        if step > 0 and self.csv_path.exists():
+            with self.csv_path.open(newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+        self._write()
 
-    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
-        new = mode == "w" or not self.csv_path.exists()
-        with self.csv_path.open(mode, newline="") as f:
+    def _write(self) -> None:
+        with atomic_open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, LOSS_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._write([{"step": step, **metrics}], "a")
+        self.rows.append({"step": step, **metrics})
+        self._write()
         self.tracker.log_metrics(metrics, step)
 
     def log_samples(self, batch: dict[str, torch.Tensor], fake: torch.Tensor, step: int) -> None:
@@ -87,6 +91,7 @@ class PipelineHooks(TrainHooks):
 
 def _dist_from_env(device: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    resolve_device(device)  # checks the value before any work
     if world > 1:
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if not dist.is_initialized():
@@ -97,11 +102,7 @@ def _dist_from_env(device: str) -> tuple[DistInfo, torch.device]:
             torch.cuda.set_device(local)
             return DistInfo(rank, world), torch.device("cuda", local)
         return DistInfo(rank, world), torch.device("cpu")
-    if device == "auto":
-        return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return DistInfo(), torch.device(device)
+    return DistInfo(), resolve_device(device)
 
 
 def _final_samples(
@@ -142,6 +143,8 @@ def run(
     elif params.data.preprocess == "resize":
         check_size(height, width, cfg.generator.size_multiple)
     dinfo, dev = _dist_from_env(device)
+    if dinfo.is_main:
+        prepare_out_dir(out)  # writable, before any work; temporaries of killed runs go
 
     vgg = None
     if cfg.loss.use_vgg_loss:
@@ -154,12 +157,13 @@ def run(
             )
         vgg = load_vgg19_state_dict(storage.localize(params.tracking.vgg_weights))
 
-    torch.manual_seed(tcfg.seed)
-    model = Pix2PixHD(cfg, with_discriminator=True, vgg_state_dict=vgg)
     layout = detect_layout(data) if params.data.layout == "auto" else params.data.layout
     samples = find_samples(data, layout, "train", cfg.use_instance_map and layout != "rgb")
     if not samples:
         raise InputError(f"{data}: no training samples (layout {layout})")
+    check_sample_sizes(samples)
+    torch.manual_seed(tcfg.seed)
+    model = Pix2PixHD(cfg, with_discriminator=True, vgg_state_dict=vgg)
     dataset = PairedDataset(
         samples,
         cfg.label_nc,
@@ -173,11 +177,12 @@ def run(
         size_multiple=cfg.generator.size_multiple,
         palette=load_palette(params.data.palette) if params.data.palette else None,
     )
-    out.mkdir(parents=True, exist_ok=True)
     latest = out / "latest.pth"
     dataset_hash = ""
     if data_summary is not None and Path(data_summary).is_file():
-        dataset_hash = json.loads(Path(data_summary).read_text()).get("dataset_hash", "")
+        dataset_hash = str(
+            read_json(data_summary, "data summary", {"dataset_hash": str})["dataset_hash"]
+        )
 
     extra = {"image_size": [width, height], "dataset_hash": dataset_hash}
     trainer = Trainer(
@@ -201,13 +206,18 @@ def run(
             trainer.state.epoch + 1,
             trainer.state.global_step,
         )
-    elif stage == "local":
-        if init_checkpoint is None:
-            raise InputError(
-                "--stage local needs --init CHECKPOINT (the global stage's latest.pth), or --resume"
-            )
-        copied = init_local_from_global(model, load_checkpoint(init_checkpoint))
+    elif init_checkpoint is not None:
+        # exact: every tensor of the target networks, or an error naming what differs
+        source = load_checkpoint(init_checkpoint)
+        if stage == "local":
+            copied = init_local_from_global(model, source, init_checkpoint)
+        else:  # fine-tuning, e.g. an imported official generator
+            copied = init_from_checkpoint(model, source, init_checkpoint)
         log.info("initialised from %s: %s tensors copied", init_checkpoint, copied)
+    elif stage == "local":
+        raise InputError(
+            "--stage local needs --init CHECKPOINT (the global stage's latest.pth), or --resume"
+        )
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting fresh", out)
 
@@ -241,7 +251,7 @@ def run(
             summary.update(
                 checkpoint=str(latest), image_size=[width, height], mlflow_run_id=tracker.run_id
             )
-            (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(out / "metrics.json", summary)
             tracker.log_image(grid, "samples/final.png")
             tracker.log_artifact(latest, "checkpoint")
             tracker.log_artifact(out / "metrics.json")

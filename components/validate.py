@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from components import contract
 from model.datasets import LAYOUTS, SampleFiles, detect_layout, find_samples, role_dirs
 from model.errors import InputError, Pix2PixHDError
-from model.image_io import IMAGE_SUFFIXES, sample_stem
+from model.fileio import prepare_out_dir, write_json, write_text
+from model.image_io import IMAGE_SUFFIXES, open_image, sample_stem
 from model.palette import Palette, decode, describe_unknown, load_palette
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,13 @@ def _measure(s: SampleFiles, label_nc: int, palette: Palette | None = None) -> d
             continue
         try:
             data = path.read_bytes()
-            with Image.open(path) as img:
-                img.load()
+            with open_image(path) as img:  # header pixel limit checked before decoding
                 mode, size = img.mode, img.size
                 if role != "image":
                     arrays[role] = np.asarray(img)
                 bands = len(img.getbands())
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            row["read_error"] = f"{path}: unreadable ({exc})"
+        except InputError as exc:
+            row["read_error"] = str(exc)
             continue
         row[f"{role}_mode"] = mode
         row[f"{role}_width"], row[f"{role}_height"] = size
@@ -269,10 +268,10 @@ def _profile(rows: list[dict[str, Any]], split: str | None) -> dict[str, Any]:
 def _write_failure(
     out: Path, result_json: dict[str, Any], lines: list[str], html: str | None
 ) -> None:
-    (out / "great_expectations_result.json").write_text(json.dumps(result_json, indent=2) + "\n")
+    write_json(out / "great_expectations_result.json", result_json, indent=2)
     if html is not None:
-        (out / "great_expectations_result.html").write_text(html)
-    (out / "report.txt").write_text("\n".join(lines) + "\n")
+        write_text(out / "great_expectations_result.html", html)
+    write_text(out / "report.txt", "\n".join(lines) + "\n")
 
 
 def run(
@@ -295,6 +294,7 @@ def run(
 ) -> dict[str, Any]:
     """Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
     one generated from the arguments; ``write_suite``: save that suite there first."""
+    prepare_out_dir(out)  # writable, before any work
     timings: dict[str, float] = {}
     pal = load_palette(palette) if palette else None
     if suite is not None:  # a bad suite file fails before the files are read
@@ -380,11 +380,11 @@ def run(
     }
     if ref is not None:
         summary["reference"] = str(reference)
-    (out / "great_expectations_result.json").write_text(json.dumps(result_json, indent=2) + "\n")
+    write_json(out / "great_expectations_result.json", result_json, indent=2)
     if page is not None:
-        (out / "great_expectations_result.html").write_text(page)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_text(out / "great_expectations_result.html", page)
+    write_json(out / "summary.json", summary, indent=2)
+    write_json(out / "manifest.json", rows, indent=1)
     timings = {k: round(v, 3) for k, v in timings.items()}
     log.info(
         "validated %d samples against %d expectations: ok (hash %s); read %.2f s, "

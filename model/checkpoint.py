@@ -3,16 +3,18 @@
 One file holds everything needed to generate or resume: the config (as a plain dict),
 G / D / E weights and, for training, optimiser/scheduler/scaler/RNG states, epoch and
 iteration, and cluster centres. Written atomically (temp file + rename); read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Every file carries a SHA-256 of its content
+(``content_sha256``: tensors' bytes, dtypes, shapes and every other value), verified
+on load: flipped bytes are an error naming the file, never wrong images. Weights that
+are not finite are refused on save and on load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from model.config import (
     from_dict,
     to_dict,
 )
-from model.errors import CheckpointError, ConfigError
+from model.errors import CheckpointError, ConfigError, Pix2PixHDError
+from model.fileio import atomic_open
 from model.networks import build_discriminator, build_encoder, build_generator
 from model.pix2pixhd import Pix2PixHD
 
@@ -37,27 +40,73 @@ FORMAT = "pix2pixhd-pipeline/checkpoint"
 FORMAT_VERSION = 1
 _LEGACY_NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
+HASH_KEY = "content_sha256"
+WEIGHT_KEYS = ("G", "D", "E", "cluster_centers", "state_dict")
+
 StateDict = dict[str, torch.Tensor]
+
+
+class NonFiniteWeights(Pix2PixHDError):
+    """A network's weights contain NaN or Inf."""
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, Mapping):
+        h.update(f"M{len(value)}:".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"K{key!r}:".encode())
+            _hash_value(h, value[key])
+    elif isinstance(value, list | tuple):
+        h.update(f"L{len(value)}:".encode())
+        for item in value:
+            _hash_value(h, item)
+    else:
+        h.update(f"V{value!r};".encode())
+
+
+def content_hash(data: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (everything but the hash itself)."""
+    h = hashlib.sha256()
+    _hash_value(h, {k: v for k, v in data.items() if k != HASH_KEY})
+    return h.hexdigest()
+
+
+def non_finite(payload: Mapping[str, Any]) -> str | None:
+    """The first weight tensor (G / D / E / cluster centres) with NaN or Inf, or None."""
+    for net in WEIGHT_KEYS:
+        state = payload.get(net)
+        if not isinstance(state, Mapping):
+            continue
+        for name, value in state.items():
+            t = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{net}.{name}"
+    return None
 
 
 # ---------------------------------------------------------------- file I/O
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` (plus format tags) atomically: a reader never sees half a file."""
+    """Write ``payload`` (plus format tags and its content hash) atomically: a reader
+    never sees half a file. Weights with NaN or Inf are refused (``NonFiniteWeights``)
+    and the previous file stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = non_finite(payload)
+    if bad is not None:
+        raise NonFiniteWeights(f"{path}: not written: weight {bad} is NaN or Inf")
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data[HASH_KEY] = content_hash(data)
+    with atomic_open(path, "wb") as f:
+        torch.save(data, f)
     return path
 
 
@@ -87,7 +136,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: checkpoint format version {data['format_version']} is newer than this "
             f"code supports ({FORMAT_VERSION}); upgrade pix2pixhd-pipeline"
         )
+    verify_content(path, data)
     return data
+
+
+def verify_content(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Check the content hash (files written before hashes existed are accepted with a
+    warning) and that the weights are finite."""
+    stored = data.get(HASH_KEY)
+    if stored is None:
+        log.warning("%s: no content hash (written by an older version): not verified", path)
+    elif content_hash(data) != stored:
+        raise CheckpointError(
+            f"{path}: content hash mismatch: the file is corrupted (bytes changed after it "
+            "was written); restore it from a copy or retrain"
+        )
+    bad = non_finite(data)
+    if bad is not None:
+        raise CheckpointError(f"{path}: weight {bad} is NaN or Inf: not a usable checkpoint")
+
+
+def checkpoint_hash(path: str | Path) -> str | None:
+    """The content hash recorded in a checkpoint (verified), for lineage tags."""
+    return load_checkpoint(path).get(HASH_KEY)
 
 
 def config_of(checkpoint: Mapping[str, Any]) -> ModelConfig:
@@ -344,33 +415,104 @@ def import_official(
     return payload
 
 
-def init_local_from_global(model: Pix2PixHD, global_ckpt: Mapping[str, Any]) -> dict[str, int]:
-    """Initialise a local-stage model from a global-stage checkpoint.
+def _mismatch(what: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing from the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+    return f"{what}: {'; '.join(parts)}"
 
-    G: every shared ``model.*`` tensor (the global generator minus its output layers);
-    E: all of it; D: the global stage's scales keep their absolute resolutions (scale i of
-    the global D is scale i of the local D), the new finer scales start fresh.
-    Returns how many tensors were copied per network.
+
+def _exact_copy(
+    net: torch.nn.Module,
+    source: Mapping[str, torch.Tensor],
+    what: str,
+    may_skip_source: Callable[[str], bool] = lambda name: False,
+    may_stay_fresh: Callable[[str], bool] = lambda name: False,
+) -> int:
+    """Load ``source`` into ``net``: every tensor of ``net`` must come from ``source``
+    with its shape, except those ``may_stay_fresh`` allows (new parts); every source
+    tensor must be used, except those ``may_skip_source`` allows (dropped parts)."""
+    own = net.state_dict()
+    source = {k.removeprefix("module."): v for k, v in source.items()}
+    source = {k: v for k, v in source.items() if k in own or not k.endswith(_LEGACY_NORM_SUFFIXES)}
+    missing = sorted(k for k in own if k not in source and not may_stay_fresh(k))
+    unexpected = sorted(k for k in source if k not in own and not may_skip_source(k))
+    shapes = sorted(
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in source.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        raise CheckpointError(_mismatch(what, missing, unexpected, shapes))
+    shared = {k: v for k, v in source.items() if k in own}
+    net.load_state_dict(shared, strict=False)
+    return len(shared)
+
+
+def init_local_from_global(
+    model: Pix2PixHD, global_ckpt: Mapping[str, Any], path: str | Path = "--init"
+) -> dict[str, int]:
+    """Initialise a local-stage model from a global-stage checkpoint, exactly.
+
+    G: the local generator's global part (``model.*``) takes every tensor of the global
+    generator but its output convolution, and nothing else may differ; E: all of it;
+    D: the global stage's scales keep their absolute resolutions (scale i of the global
+    D is scale i of the local D), only the new finer scales start fresh. Anything that
+    does not match is a CheckpointError naming it. Returns tensors copied per network.
     """
     copied = {"G": 0, "D": 0, "E": 0}
-    nets = (("G", model.netG), ("D", model.netD), ("E", model.netE))
-    for key, net in nets:
-        source = global_ckpt.get(key)
-        if net is None or source is None:
+    src_g = global_ckpt.get("G")
+    if not isinstance(src_g, Mapping):
+        raise CheckpointError(f"{path}: no generator weights")
+    n_global_layers = len(model.netG.model) + 3  # the local model drops pad, conv, tanh
+    out_conv = f"model.{n_global_layers - 2}."
+    copied["G"] = _exact_copy(
+        model.netG,
+        src_g,
+        f"{path}: generator does not fit the local generator's global part",
+        may_skip_source=lambda k: k.startswith(out_conv),
+        may_stay_fresh=lambda k: not k.startswith("model."),
+    )
+    src_e = global_ckpt.get("E")
+    if model.netE is not None:
+        if not isinstance(src_e, Mapping):
+            raise CheckpointError(f"{path}: the model uses instance features but has no E")
+        copied["E"] = _exact_copy(model.netE, src_e, f"{path}: encoder does not fit")
+    src_d = global_ckpt.get("D")
+    if model.netD is not None and isinstance(src_d, Mapping):
+        scale = re.compile(r"^(?:scale|layer)(\d+)")
+        n_src = len({m.group(1) for k in src_d if (m := scale.match(k))})
+
+        def fresh(k: str) -> bool:
+            m = scale.match(k)
+            return m is not None and int(m.group(1)) >= n_src
+
+        copied["D"] = _exact_copy(
+            model.netD, src_d, f"{path}: discriminator does not fit", may_stay_fresh=fresh
+        )
+    return copied
+
+
+def init_from_checkpoint(
+    model: Pix2PixHD, ckpt: Mapping[str, Any], path: str | Path = "--init"
+) -> dict[str, int]:
+    """Fine-tuning: every network of ``model`` loads the checkpoint's tensors exactly
+    (a discriminator absent from the checkpoint, as in imported generators, starts
+    fresh). Anything that does not match is a CheckpointError naming it."""
+    copied = {"G": 0, "D": 0, "E": 0}
+    for key, net in (("G", model.netG), ("E", model.netE), ("D", model.netD)):
+        source = ckpt.get(key)
+        if net is None:
             continue
-        own = net.state_dict()
-        shared = {}
-        for name, tensor in source.items():
-            if name in own:
-                if tuple(own[name].shape) != tuple(tensor.shape):
-                    raise CheckpointError(
-                        f"global checkpoint {key}.{name} has shape {tuple(tensor.shape)}, the "
-                        f"local model expects {tuple(own[name].shape)}: were both stages "
-                        "configured from the same params?"
-                    )
-                shared[name] = tensor
-        if key == "G" and not any(n.startswith("model.") for n in shared):
-            raise CheckpointError("global checkpoint shares no weights with the local generator")
-        net.load_state_dict(shared, strict=False)
-        copied[key] = len(shared)
+        if not isinstance(source, Mapping):
+            if key == "D":
+                log.info("%s has no discriminator: it starts fresh", path)
+                continue
+            raise CheckpointError(f"{path}: no {key} weights, the model needs them")
+        names = {"G": "generator", "E": "encoder", "D": "discriminator"}
+        copied[key] = _exact_copy(net, source, f"{path}: {names[key]} does not fit")
     return copied

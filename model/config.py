@@ -7,6 +7,7 @@ shared/reference/PIX2PIXHD.md). Channel counts are derived here, never typed by 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,28 @@ from model.errors import ConfigError
 GanMode = Literal["ls", "vanilla", "hinge"]
 NormType = Literal["instance", "batch"]
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float,
+    *,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = True,
+) -> None:
+    """A ConfigError unless ``value`` is a finite number in the range (for the
+    ``__post_init__`` checks: every driver gets them before any work)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+        raise ConfigError(f"{name} must be a finite number {lo}{hi}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,11 @@ class EncoderConfig:
     n_clusters: int = 10
     norm: NormType = "instance"
 
+    def __post_init__(self) -> None:
+        for name in ("feat_num", "nef", "n_clusters"):
+            check_number(f"encoder.{name}", getattr(self, name), 1)
+        check_number("encoder.n_downsample_E", self.n_downsample_E, 0)
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -66,6 +94,9 @@ class LossConfig:
     use_feature_matching: bool = True
     use_vgg_loss: bool = True
     lambda_feat: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_number("loss.lambda_feat", self.lambda_feat, 0)
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,20 @@ class TrainConfig:
     log_every: int = 100  # iterations between loss logs
     sample_every: int = 1000  # iterations between sample grids (0: never)
 
+    def __post_init__(self) -> None:
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("beta1", self.beta1, 0, high=1)
+        check_number("beta2", self.beta2, 0, high=1)
+        check_number("batch_size", self.batch_size, 1)
+        for name in ("niter", "niter_decay", "niter_fix_global", "num_workers"):
+            check_number(name, getattr(self, name), 0)
+        for name in ("checkpoint_every", "log_every", "sample_every"):
+            check_number(name, getattr(self, name), 0)
+        if self.niter + self.niter_decay == 0:
+            raise ConfigError("niter and niter_decay are both 0: nothing to train")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision {self.precision!r}: expected fp32, bf16 or fp16")
+
     @property
     def epochs(self) -> int:
         return self.niter + self.niter_decay
@@ -148,6 +193,10 @@ class FeatureConfig:
     n_clusters: int = 10
     min_area: float = 1.0 / 64  # fraction of the image an instance must cover
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("n_clusters", self.n_clusters, 1)
+        check_number("min_area", self.min_area, 0, high=1)
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +229,11 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -219,6 +273,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "", base: Any
             kwargs[name] = from_dict(annotation, value, key, nested_base)
         else:
             kwargs[name] = _check_scalar(value, annotation, key)
-    if base is not None:
-        return dataclasses.replace(base, **kwargs)
-    return cls(**kwargs)
+    try:
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None

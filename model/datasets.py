@@ -11,6 +11,7 @@ Files pair by stem (Cityscapes suffixes understood), never by sorted order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,8 @@ from PIL import Image
 
 from model.errors import InputError
 from model.image_io import (
-    IMAGE_SUFFIXES,
+    image_size,
+    is_image_file,
     read_instance,
     read_label,
     read_rgb,
@@ -58,10 +60,13 @@ def detect_layout(root: Path) -> Layout:
     )
 
 
-def _files(directory: Path, pattern: str = "*") -> list[Path]:
+def _files(directory: Path, stem_pattern: str = "*") -> list[Path]:
+    """Image files whose stem matches ``stem_pattern``; extensions in any case."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.rglob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in directory.rglob("*") if is_image_file(p) and fnmatchcase(p.stem, stem_pattern)
+    )
 
 
 def _by_stem(paths: list[Path], role: str, problems: list[str]) -> dict[str, Path]:
@@ -76,12 +81,12 @@ def _by_stem(paths: list[Path], role: str, problems: list[str]) -> dict[str, Pat
 
 
 def role_dirs(root: Path, layout: Layout, split: str) -> dict[str, tuple[Path, str]]:
-    """Directory and glob pattern for each role (label, instance, image) of a split."""
+    """Directory and stem pattern (any image extension) of each role of a split."""
     if layout == "cityscapes":
         return {
-            "label": (root / "gtFine" / split, "*_gtFine_labelIds.png"),
-            "instance": (root / "gtFine" / split, "*_gtFine_instanceIds.png"),
-            "image": (root / "leftImg8bit" / split, "*_leftImg8bit.png"),
+            "label": (root / "gtFine" / split, "*_gtFine_labelIds"),
+            "instance": (root / "gtFine" / split, "*_gtFine_instanceIds"),
+            "image": (root / "leftImg8bit" / split, "*_leftImg8bit"),
         }
     if layout == "folder":
         return {
@@ -122,6 +127,22 @@ def find_samples(
     return samples
 
 
+def _sizes_differ(files: SampleFiles, sizes: dict[str, tuple[int, int]]) -> InputError:
+    """The error `validate` reports for a sample whose files disagree in size."""
+    desc = ", ".join(f"{r} {w}x{h}" for r, (w, h) in sizes.items())
+    return InputError(f"{files.label or files.image}: sizes differ ({desc})")
+
+
+def check_sample_sizes(samples: list[SampleFiles]) -> None:
+    """Label, instance and photo of each sample have one size (read from the headers,
+    nothing decoded): the same error as `validate`, before any training."""
+    for files in samples:
+        roles = (("label", files.label), ("instance", files.instance), ("image", files.image))
+        sizes = {role: image_size(path) for role, path in roles if path is not None}
+        if len(set(sizes.values())) > 1:
+            raise _sizes_differ(files, sizes)
+
+
 def load_sample(
     files: SampleFiles, label_nc: int, palette: Palette | None = None
 ) -> dict[str, np.ndarray]:
@@ -139,6 +160,9 @@ def load_sample(
         out["instance"] = read_instance(files.instance)
     if files.image is not None:
         out["image"] = read_rgb(files.image)
+    sizes = {role: (a.shape[1], a.shape[0]) for role, a in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise _sizes_differ(files, sizes)
     return out
 
 

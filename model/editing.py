@@ -61,11 +61,24 @@ def label_id(value: Any, label_nc: int, where: str) -> int:
     return value
 
 
+def _new_instance_ids(instance: np.ndarray, label: int, count: int = 1) -> list[int]:
+    """``count`` unused instance ids of ``label``: for a thing class, free ids inside its
+    own range [label*1000, label*1000 + 999] (never crossing into the next class's);
+    for a stuff class, the label id itself (stuff has no instances)."""
+    if label not in _THINGS or label <= 0:
+        return [label] * count
+    lo = label * 1000
+    used = set(np.unique(instance[(instance >= lo) & (instance < lo + 1000)]).tolist())
+    free = [i for i in range(lo, lo + 1000) if i not in used][:count]
+    if len(free) < count:
+        raise InputError(
+            f"class {label} has no free instance ids left ({len(used)} of 1000 in use)"
+        )
+    return free
+
+
 def _new_instance_id(instance: np.ndarray, label: int) -> int:
-    if label not in _THINGS:
-        return label
-    used = instance[instance // 1000 == label] if label > 0 else np.array([], np.int64)
-    return label * 1000 + (int(used.max()) % 1000 + 1 if used.size else 0)
+    return _new_instance_ids(instance, label)[0]
 
 
 def _surrounding_label(label: np.ndarray, mask: np.ndarray) -> int:
@@ -137,9 +150,16 @@ def apply_edits(
                 mask = res.label == src
                 if not mask.any():
                     raise InputError(f"{where}: label {edit['from']!r} is not in the label map")
-            new_id = _new_instance_id(res.instance, to)
-            res.label[mask], res.instance[mask] = to, new_id
-            res.log.append(f"relabel {int(mask.sum())} px -> {to} (instance {new_id})")
+            # each source instance keeps its own (new) id: relabelling all cars to
+            # trucks gives as many trucks, not one merged truck
+            sources = [int(v) for v in np.unique(res.instance[mask])]
+            new_ids = _new_instance_ids(res.instance, to, len(sources))
+            before = res.instance.copy()
+            for src_id, new_id in zip(sources, new_ids, strict=True):
+                res.instance[mask & (before == src_id)] = new_id
+            res.label[mask] = to
+            shown = new_ids[0] if len(set(new_ids)) == 1 else new_ids
+            res.log.append(f"relabel {int(mask.sum())} px -> {to} (instance {shown})")
         elif op == "add":
             lab = label_id(edit["label"], label_nc, where)
             mask = load_mask(edit["mask"])

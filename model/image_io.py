@@ -7,6 +7,8 @@ photos are 8-bit RGB. Files pair by stem, never by sorted order.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.errors import InputError
+from model.fileio import atomic_open
+
+# Decompression bombs: an image whose header declares more pixels than this is refused
+# before it is decoded. PIX2PIXHD_MAX_IMAGE_PIXELS raises (or lowers) the limit.
+DEFAULT_MAX_IMAGE_PIXELS = 16384 * 8192
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: serving reads maps without it
     import torch
@@ -45,7 +52,12 @@ def list_images(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in directory.rglob("*") if is_image_file(p))
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by its extension, in any case (``.PNG``, ``.Png`` and ``.png`` alike)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 _CITYSCAPES_ROLE_SUFFIX = {
@@ -75,15 +87,56 @@ def index_by_stem(paths: list[Path], what: str) -> dict[str, Path]:
     return out
 
 
-def _open(path: str | Path) -> Image.Image:
+def max_image_pixels() -> int:
+    text = os.environ.get("PIX2PIXHD_MAX_IMAGE_PIXELS", "")
     try:
-        img = Image.open(path)
-        img.load()
+        value = int(text) if text else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise InputError(
+            f"PIX2PIXHD_MAX_IMAGE_PIXELS={text!r}: expected a positive integer"
+        ) from None
+    if value < 1:
+        raise InputError(f"PIX2PIXHD_MAX_IMAGE_PIXELS={text!r}: expected a positive integer")
+    return value
+
+
+def open_image(path: str | Path, load: bool = True) -> Image.Image:
+    """Open an image, refusing headers that declare more than ``max_image_pixels()``
+    pixels before anything is decoded. Every problem is one InputError naming the file."""
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # PIL's own limit: replaced by ours, below
+            try:
+                img = Image.open(path)  # reads the header only
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+            w, h = img.size
+            if w * h > limit:
+                img.close()
+                raise InputError(
+                    f"{path}: image header declares {w}x{h} = {w * h} pixels, more than the "
+                    f"limit of {limit} (a decompression bomb?); set PIX2PIXHD_MAX_IMAGE_PIXELS "
+                    "to allow larger images"
+                )
+            if load:
+                img.load()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: unreadable image (truncated or not an image?): {exc}") from None
     return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header, without decoding."""
+    with open_image(path, load=False) as img:
+        return img.size
+
+
+_open = open_image
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -118,9 +171,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    """Write a PNG atomically (temporary + rename in the same directory)."""
+    img = Image.fromarray(array)
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG")
 
 
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from model.checkpoint import model_payload, save_checkpoint
+from model.checkpoint import NonFiniteWeights, model_payload, save_checkpoint
 from model.config import Precision, TrainConfig, to_dict
 from model.errors import Pix2PixHDError
 from model.pix2pixhd import Pix2PixHD
@@ -129,6 +129,8 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.extra_payload = extra_payload or {}
         self.state = TrainState()
+        self._last_saved_step: int | None = None
+        self._total_steps = 0
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         g_params = list(model.netG.parameters())
@@ -189,11 +191,49 @@ class Trainer:
             global_step=int(ckpt["global_step"]),
             history=list(ckpt.get("history", [])),
         )
+        self._last_saved_step = self.state.global_step
+
+    def _non_finite_weight(self) -> str | None:
+        for net_name, net in (
+            ("G", self.model.netG),
+            ("D", self.model.netD),
+            ("E", self.model.netE),
+        ):
+            if net is None:
+                continue
+            for name, t in net.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"{net_name}.{name}"
+        return None
+
+    def _diverged(
+        self, what: str, iteration: int | None = None, detail: str = ""
+    ) -> TrainingDiverged:
+        last = (
+            f"the last finite checkpoint ({self.out_dir / 'latest.pth'}, iteration "
+            f"{self._last_saved_step}) is kept"
+            if self._last_saved_step is not None
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"{what} at epoch {self.state.epoch + 1}, iteration "
+            f"{self.state.global_step if iteration is None else iteration}{detail}; "
+            f"{last}. Try a lower train.lr, or precision fp32/bf16 instead of fp16"
+        )
 
     def save(self, name: str = "latest.pth") -> Path | None:
+        """Write a checkpoint, only of finite weights (checked on every rank, so all
+        ranks stop together); a non-finite weight stops training, keeping the last file."""
+        bad = self._non_finite_weight()
+        if bad is not None:
+            raise self._diverged(f"weight {bad} became NaN or Inf")
         if not self.dist.is_main:
             return None
-        path = save_checkpoint(self.out_dir / name, self.checkpoint_payload())
+        try:
+            path = save_checkpoint(self.out_dir / name, self.checkpoint_payload())
+        except NonFiniteWeights as exc:
+            raise self._diverged(str(exc)) from None
+        self._last_saved_step = self.state.global_step
         self.hooks.checkpoint_saved(path, self.state.global_step)
         return path
 
@@ -259,15 +299,14 @@ class Trainer:
         loss_d = out.discriminator_total.float()
         if not bool(torch.isfinite(loss_g + loss_d)):
             bad = {
-                k: float(v)
+                k: float(v.detach())
                 for k, v in {**out.generator, **out.discriminator}.items()
-                if not math.isfinite(float(v))
+                if not math.isfinite(float(v.detach()))
             }
-            raise TrainingDiverged(
-                f"loss became non-finite at epoch {self.state.epoch + 1}, iteration "
-                f"{self.state.global_step + 1}: {bad}; nothing was updated and the last "
-                f"checkpoint in {self.out_dir} is intact. Try a lower train.lr, or "
-                "precision fp32/bf16 instead of fp16"
+            raise self._diverged(
+                "loss became non-finite",
+                self.state.global_step + 1,
+                f": {bad}; nothing was updated",
             )
         g_params = [p for g in self.opt_G.param_groups for p in g["params"]]
         self.opt_G.zero_grad(set_to_none=True)
@@ -284,7 +323,10 @@ class Trainer:
         self.scaler.update()
         self._last_fake = out.fake
         step = self.state.global_step + 1
-        if self.cfg.log_every and step % self.cfg.log_every == 0:
+        # the last iteration is always logged: losses.csv exists even when log_every
+        # is longer than the run
+        last = step == self._total_steps
+        if (self.cfg.log_every and step % self.cfg.log_every == 0) or last:
             values = {
                 k: float(v.detach()) for k, v in {**out.generator, **out.discriminator}.items()
             }
@@ -297,6 +339,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         per_epoch = self.batches_per_epoch()
         total = cfg.epochs * per_epoch
+        self._total_steps = total
         self.model.train()
         bar = tqdm(
             total=total,
