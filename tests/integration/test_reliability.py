@@ -994,4 +994,4 @@ def test_s3_output_checked_before_work(member, s3, monkeypatch, capsys):
     code = main(["data", "synth", "--out", uri, "--num-train", "1000", "--size", "512x256"])
     line = _one_line_error(capsys, code)
     assert uri.rstrip("/").split("/")[2] in line
-    assert time.perf_counter() - start < 10  # before rendering 1000 scenes
+    assert time.perf_counter() - start < 30  # before rendering 1000 scenes (minutes)
