@@ -847,10 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 never crash
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # usage errors (one line, 2) and --help / --version (0)
-        return int(exc.code or 0)
+    args = build_parser().parse_args(argv)  # usage errors: one line, SystemExit(2)
     configure_logging(args.verbose, args.quiet)
     from model.errors import Pix2PixHDError
 

@@ -384,7 +384,10 @@ def test_invalid_hyper_parameters_rejected_before_work(args, expected, tmp_path,
 )
 def test_invalid_options_rejected_before_work(cmd, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(cmd)
+    try:
+        code = main(cmd)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
     line = _one_line_error(capsys, code)
     assert cmd[-2] in line or cmd[-1] in line
 
