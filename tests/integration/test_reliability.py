@@ -215,8 +215,8 @@ def test_registry_outage_is_one_line_and_fast(kind, tmp_path, monkeypatch, capsy
 # ---------------------------------------------------------------- 2. failed registration
 
 
-@pytest.mark.parametrize("member", ["unreachable", "hung", "optional"])
-def test_failed_registration_is_a_failure(member, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("member", ["unreachable", "hung", "optional", "register-fails"])
+def test_failed_registration_is_a_failure(member, sqlite_store, tmp_path, monkeypatch, capsys):
     """export registers the model (given evaluate's evaluation.json): a store it cannot
     reach fails the step before the work, and never leaves a stale registration.json;
     with tracking.optional the registration file says why nothing was registered."""
@@ -231,6 +231,15 @@ def test_failed_registration_is_a_failure(member, tmp_path, monkeypatch, capsys)
     (out / "registration.json").write_text(json.dumps({"name": "rel", "version": "7"}))
     kind = "http-hung" if member == "hung" else "http-refused"
     uri, cleanup = _outage(kind, tmp_path)
+    if member == "register-fails":  # the store answers, registering fails at the end
+        import components.export
+
+        uri = sqlite_store
+        monkeypatch.setattr(
+            components.export,
+            "_log_and_register",
+            lambda *a, **k: {"registration_failure": "registration failed (MlflowException)"},
+        )
     args = ["export", "--checkpoint", str(ckpt), "--out", str(out / "model.onnx"), "--no-fp16"]
     args += ["--evaluation", str(evaluation), "--tracking-uri", uri]
     if member == "optional":
@@ -248,9 +257,10 @@ def test_failed_registration_is_a_failure(member, tmp_path, monkeypatch, capsys)
         assert "was not registered" in _one_line_error(capsys, code)
         return
     assert "cannot register the model" in _one_line_error(capsys, code)
-    assert time.perf_counter() - start < 5  # before the export work
     assert not (out / "registration.json").exists()  # the stale one never survives
-    assert not (out / "model.onnx").exists()
+    if member != "register-fails":
+        assert time.perf_counter() - start < 5  # before the export work
+        assert not (out / "model.onnx").exists()
 
 
 @pytest.mark.parametrize(
