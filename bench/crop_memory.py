@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import peak_rss_mb, run_case, write_results
 
 
 def one(size: str, threads: int) -> dict:
@@ -43,7 +42,7 @@ def one(size: str, threads: int) -> dict:
     model = Pix2PixHD(
         cfg, vgg_state_dict={f"features.{k}": v for k, v in feats.state_dict().items()}
     )
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_model = peak_rss_mb()
     tc = TrainConfig(log_every=0, sample_every=0, checkpoint_every=0)
     trainer = Trainer(model, [None], tc, Path("/tmp"), torch.device("cpu"))
     label = torch.randint(0, 35, (1, 1, h, w))
@@ -54,8 +53,8 @@ def one(size: str, threads: int) -> dict:
         "input": size,
         "pixels": w * h,
         "seconds_per_iteration": round(time.perf_counter() - t, 1),
-        "rss_after_model_mb": round(rss_model, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_after_model_mb": rss_model,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -72,21 +71,14 @@ def main() -> None:
     results = []
     print(f"{'input':9s} {'pixels':>8s} {'s/iter':>7s} {'RSS model MB':>13s} {'peak RSS MB':>12s}")
     for size in args.cases.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--one", size, "--threads", str(args.threads)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = run_case(__file__, [size, "--threads", str(args.threads)])
         results.append(r)
         print(
             f"{r['input']:9s} {r['pixels']:8d} {r['seconds_per_iteration']:7.1f} "
             f"{r['rss_after_model_mb']:13.0f} {r['peak_rss_mb']:12.0f}",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results, machine=False)
 
 
 if __name__ == "__main__":

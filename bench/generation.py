@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import peak_rss_mb, run_case, write_results
 
 CONFIGS = {
     "global_ngf64_1024x512": dict(ngf=64, n_local_enhancers=0, size=(512, 1024)),
@@ -37,7 +35,7 @@ def one(name: str, repeats: int, threads: int) -> dict:
     h, w = spec["size"]
     label = torch.randint(0, 35, (1, 1, h, w))
     inst = label.clone()
-    rss_model_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_model_mb = peak_rss_mb()
     model.generate(label, inst)  # warm-up
     times = []
     for _ in range(repeats):
@@ -48,8 +46,8 @@ def one(name: str, repeats: int, threads: int) -> dict:
         "config": name,
         "seconds_per_image": min(times),
         "seconds_all": [round(t, 3) for t in times],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rss_after_build_mb": round(rss_model_mb, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_after_build_mb": rss_model_mb,
         "threads": threads,
         "torch": torch.__version__,
     }
@@ -67,34 +65,15 @@ def main() -> None:
         return
     results = []
     for name in CONFIGS:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                name,
-                "--repeats",
-                str(args.repeats),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+        res = run_case(
+            __file__, [name, "--repeats", str(args.repeats), "--threads", str(args.threads)]
         )
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(res)
         print(
             f"{name:26s} {res['seconds_per_image']:7.2f} s/image   "
             f"peak RSS {res['peak_rss_mb']:8.1f} MB"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"machine": platform.processor() or platform.machine(), "results": results}, indent=2
-        )
-        + "\n"
-    )
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import run_case, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -113,26 +112,18 @@ def main() -> None:
     for name in args.configs.split(","):
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-        cmd = [sys.executable, __file__, "--one", name, "--repeats", str(args.repeats)]
-        cmd += ["--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-2000:])
-            raise SystemExit(f"{name}: failed")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        options = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+        try:
+            res = run_case(__file__, [name, *options], cwd=ROOT)
+        except RuntimeError as exc:
+            raise SystemExit(f"{name}: failed: {exc}") from None
         results.append(res)
         print(
             f"{name:12s} {res['size']:>10s}  torch {res['torch_s']:.3f} s  "
             f"onnxruntime {res['onnxruntime_s']:.3f} s  "
             f"ratio {res['speedup_ort_over_torch']:.2f}x  max|diff| {res['max_abs_diff']:.1e}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"machine": platform.processor() or platform.machine(), "results": results}, indent=2
-        )
-        + "\n"
-    )
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import peak_rss_mb, run_case, write_results
 
 WIDTHS = {
     "paper": dict(ngf=64, n_blocks=9, ndf=64, vgg=True),
@@ -82,7 +81,7 @@ def one(width: str, size: str, variant: str, repeats: int, threads: int) -> dict
         "seconds_per_iteration": min(times),
         "all": [round(t, 3) for t in times],
         "first_step_s": round(first_s, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -104,37 +103,19 @@ def main() -> None:
     for width in args.widths.split(","):
         for size in args.sizes.split(","):
             for variant in args.variants.split(","):
-                proc = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--one",
-                        width,
-                        size,
-                        variant,
-                        "--repeats",
-                        str(args.repeats),
-                        "--threads",
-                        str(args.threads),
-                    ],
-                    capture_output=True,
-                    text=True,
-                )
-                if proc.returncode != 0:
-                    print(
-                        f"{width:6s} {size:9s} {variant:20s} failed: "
-                        f"{proc.stderr.strip().splitlines()[-1]}"
-                    )
+                options = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+                try:
+                    r = run_case(__file__, [width, size, variant, *options])
+                except RuntimeError as exc:
+                    print(f"{width:6s} {size:9s} {variant:20s} failed: {exc}")
                     continue
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(r)
                 print(
                     f"{width:6s} {size:9s} {variant:20s} {r['seconds_per_iteration']:8.3f} "
                     f"{r['peak_rss_mb']:12.1f}",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results, machine=False)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,18 @@ def run(
     splits: tuple[str, ...] = ("train", "val"),
     workers: int | None = None,
 ) -> dict[str, Any]:
+    """Write one boundary map per instance map (skipping maps already up to date).
+
+    Args:
+        data: the dataset root.
+        out: the output directory (``<split>/<stem>_boundary.png``).
+        layout: the dataset layout (``auto``: detected).
+        splits: the splits to process.
+        workers: worker processes (default: the CPU count).
+
+    Returns:
+        The summary: maps written and skipped.
+    """
     if layout != "auto" and layout not in LAYOUTS:
         raise InputError(f"--layout {layout!r}: expected auto, {', '.join(LAYOUTS)}")
     lay = detect_layout(data) if layout == "auto" else layout

@@ -42,6 +42,16 @@ def _out_name(rel: Path) -> Path:
 
 
 def run(palette: str | Path, labels: Path, out: Path) -> dict[str, Any]:
+    """Convert colour label maps to label-id PNGs with a palette.
+
+    Args:
+        palette: the palette (a name or a file) mapping colours to label ids.
+        labels: a directory of colour label maps.
+        out: the output directory (one label-id PNG per map, same stem).
+
+    Returns:
+        The summary of the conversion.
+    """
     pal = load_palette(palette)
     files = list_images(labels)
     if not files:

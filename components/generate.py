@@ -285,7 +285,21 @@ def run(
     model, in ONNX Runtime (default; a checkpoint's graph is exported once and cached)
     or PyTorch (``engine="torch"``; see ``components.engine``), or with an MLflow model
     URI (``models:/NAME@champion``: the registered pyfunc model); returns and writes a
-    summary."""
+    summary.
+
+    Args:
+        checkpoint: a checkpoint (or None with ``onnx`` or ``model``).
+        labels: a directory of label-id PNGs.
+        out: the output directory (one PNG per label map, same stem).
+        instances: a directory of instance-id PNGs (models with instance maps).
+        images: photos to encode instance features from (else cluster centres).
+        batch_size: label maps per batch.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: the cluster-centre draws (feature models).
+        onnx: an exported model instead of a checkpoint.
+        engine: ``auto``, ``onnx`` or ``torch``.
+        model: an MLflow model URI instead of a checkpoint.
+    """
     from components.engine import load_generator
 
     if batch_size < 1:

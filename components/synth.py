@@ -44,6 +44,17 @@ def run(
     cars: bool = True,
     trees: float = 1.0,
 ) -> dict[str, Any]:
+    """Render the bundled procedural street scenes in the Cityscapes layout.
+
+    Args:
+        out: the dataset root to write.
+        num_train, num_val: images per split.
+        width, height: the image size.
+        seed: the scene draws.
+
+    Returns:
+        The summary: counts and size.
+    """
     if num_train < 0 or num_val < 0:
         raise InputError("--num-train and --num-val must be >= 0")
     if width < 32 or height < 32:

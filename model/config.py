@@ -1,7 +1,8 @@
 """Typed, frozen configuration of the model.
 
-The dataclass defaults are the paper's / reference's defaults (see
-shared/reference/PIX2PIXHD.md). Channel counts are derived here, never typed by hand.
+The dataclass defaults are the paper's defaults (Wang et al., CVPR 2018) and, where the
+paper is silent, those of the authors' code (NVIDIA/pix2pixHD, options/*.py). Channel
+counts are derived here, never typed by hand.
 """
 
 from __future__ import annotations

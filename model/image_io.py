@@ -1,6 +1,6 @@
 """Reading and writing label maps, instance maps and photos; tensor conversions.
 
-Data contract (DESIGN.md): label maps are 8-bit single-channel PNGs of label ids;
+Data contract: label maps are 8-bit single-channel PNGs of label ids;
 instance maps are read as 32-bit integers (Cityscapes ids reach 33xxx: never int16);
 photos are 8-bit RGB. Files pair by stem, never by sorted order.
 """

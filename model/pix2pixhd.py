@@ -72,9 +72,9 @@ class Pix2PixHD(nn.Module):
             if vgg_state_dict is None:
                 raise ConfigError(
                     "the VGG perceptual loss is enabled but no VGG19 weights were given: "
-                    "download torchvision's vgg19-dcbb9e9d.pth once and pass its path "
-                    "(--vgg-weights PATH or train.vgg_weights in params.yaml), "
-                    "or set loss.use_vgg_loss=false"
+                    "download torchvision's vgg19-dcbb9e9d.pth once and set its path in "
+                    "tracking.vgg_weights (params.yaml, or --set tracking.vgg_weights=PATH), "
+                    "or set model.loss.use_vgg_loss: false"
                 )
             self.vgg_loss = VGGLoss(vgg_state_dict)
 

@@ -91,7 +91,18 @@ def run(
     max_bytes: int = Limits.max_bytes,
     max_pixels: int = Limits.max_pixels,
 ) -> dict[str, Any]:
-    """Serve until interrupted (SIGINT/SIGTERM: requests in flight are finished)."""
+    """Serve until interrupted (SIGINT/SIGTERM: requests in flight are finished).
+
+    Args:
+        model: a checkpoint, an ONNX file or an MLflow model URI (``models:/NAME@alias``).
+        host, port: where to listen (default loopback).
+        workers: generation workers; queue: requests waiting beyond them (then 503).
+        threads: ONNX Runtime intra-op threads per worker (0: its default).
+        data: a dataset whose label maps the editor offers (optional).
+        follow_alias: reload when the registry alias of ``model`` moves, polling every
+            ``poll_s`` seconds against ``tracking_uri``.
+        max_bytes, max_pixels: request body and image size limits.
+    """
     import uvicorn
 
     reg = registered(model)

@@ -358,3 +358,33 @@ def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
     assert "data.width=128" in spec.args and "train_local.niter=1" in spec.args
     assert (tmp_path / "c" / "latest.pth").read_bytes() == b"weights"
     assert metrics.logged == {"iterations": 7.0}
+
+
+def test_dvc_stages_list_every_project_module_their_step_imports():
+    import ast
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for name in [node.module] + [f"{node.module}.{a.name}" for a in node.names]:
+                    if name.split(".")[0] in ("model", "components"):
+                        if (ROOT / (name.replace(".", "/") + ".py")).is_file():
+                            found.add(name)
+        return found
+
+    def closure(module: str) -> set[str]:
+        seen, todo = set(), [module]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += imports(m)
+        return {m.replace(".", "/") + ".py" for m in seen}
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    step = {"train_global": "train", "train_local": "train", "drift": "validate"}
+    for name, spec in stages.items():
+        missing = closure(f"components.{step.get(name, name)}") - set(spec["deps"])
+        assert not missing, f"stage {name}: reads {sorted(missing)} but does not list them"
