@@ -42,7 +42,19 @@ def run(
     seed: int = 0,
     engine: str = "auto",
 ) -> dict[str, Any]:
-    """Outputs (maps, images, summary) are replaced together, or not at all."""
+    """Outputs (maps, images, summary) are replaced together, or not at all.
+
+    Args:
+        checkpoint: the generator checkpoint.
+        labels: one label-id PNG.
+        instances: its instance-id PNG.
+        out: the output directory (before/after images, edited maps, samples, summary).
+        edits: EDITS.json (relabel, add, remove, style; format in ``model/editing.py``);
+            None: just render (and sample).
+        samples: how many variations with other cluster centres to render.
+        seed: the cluster-centre draws.
+        engine: ``auto``, ``onnx`` or ``torch`` (see ``components.engine``).
+    """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"--samples {samples!r}: expected an integer >= 1")
     prepare_out_dir(out)

@@ -69,6 +69,24 @@ def run(
     data_summary: Path | None = None,
     palette: str = "",
 ) -> dict[str, Any]:
+    """Score a generator on the val split with the frozen segmenter.
+
+    Args:
+        checkpoint: the generator checkpoint (features' ``model.pth``).
+        segmenter: the frozen segmenter (``segmenter.pth`` of the segmenter step).
+        data: the dataset root; its val split is generated and scored.
+        out: the output directory (metrics.json, evaluation.json, iou_per_class.csv,
+            confusion_matrix.json, samples.png).
+        params: batch size, seed, sample rows and the model name export registers.
+        layout: the dataset layout (``auto``: detected).
+        tracking: log an MLflow run (off: files only).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
+        data_summary: validate's summary.json, whose dataset hash is recorded
+            (default: the one in the checkpoint).
+        palette: colour label maps: the palette (data.palette; empty: label ids).
+    """
     params = params or EvaluateParams()
     prepare_out_dir(out)  # writable, before any work; temporaries of killed runs go
     ckpt = load_checkpoint(checkpoint)

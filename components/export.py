@@ -151,7 +151,21 @@ def run(
     """With ``evaluation``, registering the model is required: a store that cannot be
     reached stops the step before the work, a failed registration is an error (exit 2)
     and no registration.json is left for `promote`; with ``tracking_optional`` the step
-    finishes and registration.json records why nothing was registered."""
+    finishes and registration.json records why nothing was registered.
+
+    Args:
+        checkpoint: the generator checkpoint (features' ``model.pth``).
+        out: the ``model.onnx`` to write; ``model_fp16.onnx``, ``export_summary.json`` and
+            ``registration.json`` go beside it.
+        fp16: also write the fp16 copy for GPU serving.
+        tracking: log and register the pyfunc model in MLflow.
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        evaluation: evaluate's evaluation.json for this very checkpoint (its sha256
+            must match): the scores, dataset hash and model name to register with.
+        experiment: the MLflow experiment.
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        tracking_optional: a tracking failure is logged instead of being an error.
+    """
     out = prepare_out_file(out)
     registration_file = out.parent / "registration.json"
     registration_file.unlink(missing_ok=True)  # never leave a stale one for promote

@@ -32,6 +32,19 @@ def run(
     batch_size: int = 4,
     palette: str = "",
 ) -> dict[str, Any]:
+    """Encode every training instance with the encoder E, cluster the features per class
+    (k-means) and write ``out/model.pth``: the checkpoint plus its cluster centres (a
+    model without E is copied as it is).
+
+    Args:
+        checkpoint: the local stage's ``latest.pth``.
+        data: the dataset root (its train split is encoded).
+        out: the output directory (``model.pth``, ``features_summary.json``).
+        cfg: clusters per class, the minimum instance area, the seed.
+        layout: the dataset layout (``auto``: detected).
+        batch_size: images per encoder batch.
+        palette: colour label maps: the palette (data.palette; empty: label ids).
+    """
     cfg = cfg or FeatureConfig()
     prepare_out_dir(out)
     ckpt = load_checkpoint(checkpoint)

@@ -21,6 +21,17 @@ def run(
     encoder: Path | None = None,
     discriminator: Path | None = None,
 ) -> dict[str, Any]:
+    """Convert official pix2pixHD files to one checkpoint of this project's format (the
+    architecture inferred from tensor shapes, weights loaded strictly).
+
+    Args:
+        generator: ``latest_net_G.pth``.
+        out: the checkpoint to write.
+        label_nc: label ids the model was trained with (0: RGB labels).
+        use_instance_map: the model was trained with instance boundary maps.
+        encoder: ``latest_net_E.pth`` (models with instance features).
+        discriminator: ``latest_net_D.pth`` (to resume training).
+    """
     prepare_out_file(out)
     payload = import_official(generator, label_nc, use_instance_map, encoder, discriminator)
     save_checkpoint(out, payload)

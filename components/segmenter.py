@@ -80,6 +80,18 @@ def run(
     layout: str = "auto",
     palette: str = "",
 ) -> dict[str, Any]:
+    """Train the evaluation segmenter on the real photos (or load the published PSPNet
+    named by ``params.weights``), freeze it and score it on the val photos.
+
+    Args:
+        data: the dataset root.
+        out: the output directory (``segmenter.pth``, ``metrics.json`` with the oracle
+            scores, ``iou_per_class.json``).
+        params: backbone, published weights, epochs, optimiser, crops, flip.
+        width, height: the size photos are resized to (the generator's).
+        layout: the dataset layout (``auto``: detected).
+        palette: colour label maps: the palette (data.palette; empty: label ids).
+    """
     prepare_out_dir(out)
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     lay = detect_layout(data) if layout == "auto" else layout

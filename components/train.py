@@ -129,6 +129,24 @@ def run(
     orchestrator: str | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
+    """Train one stage and write its checkpoint, losses, samples and metrics.
+
+    Args:
+        params: all parameters (the stage's model, size, crop and ``train_<stage>``).
+        stage: ``global`` (the global generator at 1/2**n_local_enhancers of the data
+            size) or ``local`` (the whole generator, initialised from ``init_checkpoint``).
+        data: the dataset root.
+        out: the output directory (``latest.pth``, ``losses.csv``, ``samples.png``,
+            ``metrics.json``).
+        init_checkpoint: the global stage's ``latest.pth`` (stage local).
+        resume: continue from ``out/latest.pth`` when it exists.
+        boundaries: precomputed instance boundary maps (optional).
+        data_summary: validate's summary.json (the dataset hash for tags and checkpoint).
+        tracking: log to MLflow (rank 0 only).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: the local rank).
+    """
     if stage not in ("global", "local"):
         raise ConfigError(f"--stage {stage!r}: expected global or local")
     tcfg = params.train_global if stage == "global" else params.train_local

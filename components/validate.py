@@ -293,7 +293,25 @@ def run(
     html: bool = True,
 ) -> dict[str, Any]:
     """Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
-    one generated from the arguments; ``write_suite``: save that suite there first."""
+    one generated from the arguments; ``write_suite``: save that suite there first.
+
+    Args:
+        data: the dataset root.
+        out: the report directory (``summary.json``, ``manifest.json``, the result
+            JSON/HTML; on failure ``report.txt``).
+        layout: the dataset layout (``auto``: detected).
+        label_nc: label ids allowed (0: RGB labels).
+        use_instance_map: instance maps are required.
+        size_multiple: image sides must be multiples of this (the model's).
+        splits: the splits to check.
+        suite: a suite file (default: generated from these arguments).
+        reference: a training profile (a summary.json) to compare with (drift).
+        drift_ratio, drift_min_delta, drift_z: the drift thresholds.
+        min_size: the smallest image side allowed (crop training).
+        palette: colour label maps: the palette file.
+        write_suite: write the generated suite here first.
+        html: write the Data Docs HTML.
+    """
     prepare_out_dir(out)  # writable, before any work
     timings: dict[str, float] = {}
     pal = load_palette(palette) if palette else None

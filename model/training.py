@@ -105,6 +105,24 @@ def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
 
 
 class Trainer:
+    """The pix2pixHD training loop for one stage: alternating G and D Adam steps on the
+    named losses, the reference's lr schedule (``niter`` constant, ``niter_decay``
+    linear to zero), the local stage's ``niter_fix_global`` epochs that train only the
+    enhancers, optional AMP / channels_last / torch.compile, data parallel over
+    ``torch.distributed``, and checkpoints that resume exactly.
+
+    Args:
+        model: a Pix2PixHD built with its discriminator.
+        dataset: the training samples (``PairedDataset`` items).
+        cfg: the stage's ``TrainConfig`` (epochs, lr, batch size, precision ...).
+        out_dir: where ``latest.pth`` and sample grids are written.
+        device: the device to train on.
+        stage: ``global`` or ``local`` (recorded in checkpoints, checked on resume).
+        hooks: where losses, samples and checkpoint events go (default: nowhere).
+        dist_info: rank and world size (default: a single process).
+        extra_payload: more entries for every checkpoint (image size, dataset hash).
+    """
+
     def __init__(
         self,
         model: Pix2PixHD,
