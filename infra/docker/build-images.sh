@@ -61,6 +61,6 @@ for variant in cpu cuda; do
   echo "pix2pixhd-$variant:$TAG built in $(( $(date +%s) - start )) s," \
     "$(docker image inspect -f '{{.Size}}' "pix2pixhd-$variant:$TAG" | awk '{printf "%.2f GB", $1 / 1e9}')"
 done
-for variant in cpu cuda; do
+for variant in cpu cuda requirements; do
   docker image prune --force --filter "label=org.opencontainers.image.title=pix2pixhd-$variant" >/dev/null
 done
