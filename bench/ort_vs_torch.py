@@ -1,24 +1,32 @@
-"""ONNX Runtime vs PyTorch eager: generation time per image on CPU, batch 1.
+"""ONNX Runtime vs PyTorch eager: generation time and peak RSS per image on CPU, batch 1.
 
 Configurations: the demo generator of params.yaml (local, 256x128) and the Cityscapes
-ones (global ngf 64 at 1024x512, local ngf 32 at 2048x1024), random weights (time does
-not depend on them). Each configuration runs in its own process: both engines are
-timed there, interleaved, with the same inputs and thread count, so the ratio comes
-from one run. Both paths start from raw label ids (encoding included).
+ones (global ngf 64 at 1024x512, local ngf 32 at 2048x1024), random weights (seed 0;
+time does not depend on them). Per configuration the graph is exported once (its own
+process), then every engine runs in its own process, so each peak RSS is that engine's
+alone: PyTorch eager (``torch.inference_mode``) and ONNX Runtime with session options
+``--ort`` (``project``: ``components.engine.session_options``, what generate / edit /
+serve use; ``default``: onnxruntime's defaults; ``no_arena``, ``no_pattern``,
+``project+no_prepack`` to take the memory apart). The ONNX processes import onnxruntime
+and numpy only. Engines alternate (ABAB...) ``--rounds`` times, each process timing
+``--repeats`` runs after a warm-up, so ratios come from one run; both start from raw
+label ids (encoding included) and write their output, compared at the end (max |diff|).
 
-Usage: python bench/ort_vs_torch.py [--configs demo,global_1024,local_2048] [--repeats N]
-                            [--threads T] [--out bench/results/ort_vs_torch.json]
+Usage: python bench/ort_vs_torch.py [--configs demo,global_1024,local_2048] [--rounds 2]
+           [--repeats 2] [--threads 2] [--ort project,default] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-from common import run_case, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -26,6 +34,23 @@ CONFIGS = {
     "global_1024": dict(ngf=64, n_local_enhancers=0, size=(512, 1024)),
     "local_2048": dict(ngf=32, n_local_enhancers=1, size=(1024, 2048)),
 }
+ORT_VARIANTS = {  # overrides of components.engine.session_options()
+    "project": {},
+    "default": {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
+    "no_arena": {"enable_cpu_mem_arena": False, "enable_mem_pattern": True},
+    "no_pattern": {"enable_cpu_mem_arena": True, "enable_mem_pattern": False},
+    "project+no_prepack": {"session.disable_prepacking": "1"},
+}
+
+
+def _status_mb() -> dict[str, float]:
+    """Current and peak resident set of this process (MB), from /proc."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def _model(name: str):
@@ -41,89 +66,214 @@ def _model(name: str):
         cfg = ModelConfig(
             generator=GeneratorConfig(ngf=spec["ngf"], n_local_enhancers=spec["n_local_enhancers"])
         )
+    import torch
+
+    torch.manual_seed(0)
     return Pix2PixHD(cfg, with_discriminator=False).eval()
 
 
-def one(name: str, repeats: int, threads: int) -> dict:
+def _inputs(name: str, feat_num: int, names: list[str]):
     import numpy as np
-    import onnxruntime as ort
-    import torch
 
-    from model.export import ExportableGenerator, example_inputs, export_onnx, input_names
-
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
-    model = _model(name)
     h, w = CONFIGS[name]["size"]
-    inputs = example_inputs(model, n=1, h=h, w=w)
-    wrapper = ExportableGenerator(model).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        path = export_onnx(model, Path(tmp) / "g.onnx")
-        export_s = time.perf_counter() - t
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feeds = {k: v.numpy() for k, v in zip(input_names(model), inputs, strict=True)}
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 34, (1, 1, h, w), dtype=np.int64)
+    feeds = {"label": label}
+    if "instance" in names:
+        feeds["instance"] = label * 1000 + rng.integers(0, 3, label.shape)
+    if "features" in names:
+        feeds["features"] = (rng.random((1, feat_num, h, w), dtype=np.float32) * 2 - 1).astype(
+            np.float32
+        )
+    return feeds
 
-    def run_torch():
-        with torch.inference_mode():
-            return wrapper(*inputs)
 
-    def run_ort():
-        return session.run(None, feeds)[0]
+def do_export(name: str, path: Path) -> dict:
+    from model.export import export_onnx
 
-    diff = float(np.abs(run_torch().numpy() - run_ort()).max())  # also the warm-up
-    times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+    model = _model(name)
+    t = time.perf_counter()
+    export_onnx(model, path)
+    return {"export_s": round(time.perf_counter() - t, 1)}
+
+
+def do_run(name: str, engine: str, onnx_path: Path, out: Path, repeats: int, threads: int):
+    import numpy as np
+
+    if engine == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        after_import = _status_mb()["VmRSS"]
+        model = _model(name)
+        from model.export import ExportableGenerator, input_names
+
+        wrapper = ExportableGenerator(model).eval()
+        feeds = _inputs(name, model.cfg.encoder.feat_num, input_names(model))
+        tensors = [torch.from_numpy(v) for v in feeds.values()]
+
+        def fn():
+            with torch.inference_mode():
+                return wrapper(*tensors).numpy()
+
+        version = torch.__version__
+    else:
+        import onnxruntime as ort
+
+        from components.engine import session_options
+
+        after_import = _status_mb()["VmRSS"]
+        opts = session_options(threads)
+        for key, value in ORT_VARIANTS[engine.removeprefix("ort:")].items():
+            if key.startswith("session."):
+                opts.add_session_config_entry(key, value)
+            else:
+                setattr(opts, key, value)
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        feat = next((i.shape[1] for i in session.get_inputs() if i.name == "features"), 0)
+        feeds = _inputs(name, feat, names)
+
+        def fn():
+            return session.run(None, feeds)[0]
+
+        version = ort.__version__
+    loaded = _status_mb()["VmRSS"]
+    t = time.perf_counter()
+    result = fn()  # warm-up
+    first_s = time.perf_counter() - t
+    times = []
     for _ in range(repeats):
-        for engine, fn in (("torch", run_torch), ("onnxruntime", run_ort)):
-            t = time.perf_counter()
-            fn()
-            times[engine].append(time.perf_counter() - t)
-    best = {k: min(v) for k, v in times.items()}
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    np.save(out, result)
+    mem = _status_mb()
     return {
-        "config": name,
-        "size": f"{w}x{h}",
-        "torch_s": round(best["torch"], 4),
-        "onnxruntime_s": round(best["onnxruntime"], 4),
-        "speedup_ort_over_torch": round(best["torch"] / best["onnxruntime"], 3),
-        "max_abs_diff": diff,
-        "export_s": round(export_s, 1),
-        "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
-        "threads": threads,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
+        "s": min(times),
+        "all_s": [round(x, 3) for x in times],
+        "first_s": round(first_s, 3),
+        "rss_after_import_mb": round(after_import),
+        "rss_loaded_mb": round(loaded),
+        "peak_rss_mb": round(mem["VmHWM"]),
+        "version": version,
     }
+
+
+def _sub(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{' '.join(args)}: failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_config(name: str, engines: list[str], args: argparse.Namespace, tmp: Path) -> dict:
+    import numpy as np
+
+    onnx_path = tmp / f"{name}.onnx"
+    info = _sub("--export", name, str(onnx_path))
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for r in range(args.rounds):
+        order = engines if r % 2 == 0 else engines[::-1]
+        for engine in order:
+            res = _sub(
+                "--run",
+                name,
+                engine,
+                str(onnx_path),
+                str(tmp / f"{name}_{engine}.npy".replace(":", "_")),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            )
+            runs[engine].append(res)
+            print(
+                f"  {name} round {r + 1} {engine:24s} {res['s']:8.3f} s  "
+                f"peak {res['peak_rss_mb']:6d} MB  (loaded {res['rss_loaded_mb']} MB)",
+                flush=True,
+            )
+    ref = np.load(tmp / f"{name}_torch.npy")
+    h, w = CONFIGS[name]["size"]
+    out = {"config": name, "size": f"{w}x{h}", **info, "engines": {}}
+    for engine in engines:
+        rs = runs[engine]
+        got = np.load(tmp / f"{name}_{engine}.npy".replace(":", "_"))
+        out["engines"][engine] = {
+            "s": round(min(x["s"] for x in rs), 4),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+            "rss_after_import_mb": rs[0]["rss_after_import_mb"],
+            "rss_loaded_mb": rs[0]["rss_loaded_mb"],
+            "max_abs_diff_vs_torch": float(np.abs(got - ref).max()),
+            "rounds": rs,
+        }
+    t = out["engines"]["torch"]
+    for engine in engines[1:]:
+        e = out["engines"][engine]
+        # per-round ratios (same round = closest in time): their spread is the noise
+        ratios = [a["s"] / b["s"] for a, b in zip(runs[engine], runs["torch"], strict=True)]
+        e["time_ratio_vs_torch"] = round(e["s"] / t["s"], 3)
+        e["time_ratio_per_round"] = [round(x, 3) for x in ratios]
+        e["rss_ratio_vs_torch"] = round(e["peak_rss_mb"] / t["peak_rss_mb"], 3)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="ABAB... rounds of processes")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ort", default="project", help=f"of {', '.join(ORT_VARIANTS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ort_vs_torch.json")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.repeats, args.threads)))
+    if args.export:
+        print(json.dumps(do_export(args.export[0], Path(args.export[1]))))
         return
-    results = []
-    for name in args.configs.split(","):
+    if args.run:
+        name, engine, path, out = args.run
+        print(json.dumps(do_run(name, engine, Path(path), Path(out), args.repeats, args.threads)))
+        return
+    configs = args.configs.split(",")
+    for name in configs:
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-        options = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-        try:
-            res = run_case(__file__, [name, *options], cwd=ROOT)
-        except RuntimeError as exc:
-            raise SystemExit(f"{name}: failed: {exc}") from None
-        results.append(res)
-        print(
-            f"{name:12s} {res['size']:>10s}  torch {res['torch_s']:.3f} s  "
-            f"onnxruntime {res['onnxruntime_s']:.3f} s  "
-            f"ratio {res['speedup_ort_over_torch']:.2f}x  max|diff| {res['max_abs_diff']:.1e}"
-        )
-    write_results(args.out, results)
+    variants = args.ort.split(",")
+    for v in variants:
+        if v not in ORT_VARIANTS:
+            parser.error(f"unknown --ort variant {v!r}; choose from {', '.join(ORT_VARIANTS)}")
+    engines = ["torch", *(f"ort:{v}" for v in variants)]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in configs:
+            results.append(bench_config(name, engines, args, Path(tmp)))
+    print(
+        f"\n{'config':12s} {'size':>9s} {'engine':22s} {'s/image':>8s} {'ratio':>6s} "
+        f"{'peak RSS':>9s} {'ratio':>6s} {'max|diff|':>9s}"
+    )
+    for res in results:
+        for engine, e in res["engines"].items():
+            print(
+                f"{res['config']:12s} {res['size']:>9s} {engine:22s} {e['s']:8.3f} "
+                f"{e.get('time_ratio_vs_torch', 1.0):6.2f} {e['peak_rss_mb']:7d}MB "
+                f"{e.get('rss_ratio_vs_torch', 1.0):6.2f} {e['max_abs_diff_vs_torch']:9.1e}"
+            )
+    for res in results:
+        for engine, e in res["engines"].items():
+            if "time_ratio_per_round" in e:
+                spread = e["time_ratio_per_round"]
+                print(
+                    f"{res['config']} {engine}: time ratio per round {spread} "
+                    f"(median {statistics.median(spread):.2f})"
+                )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "argv": sys.argv[1:]}
+    args.out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,10 @@ def run(
     experiment: str = "pix2pixhd",
     orchestrator: str | None = None,
     tracking_optional: bool = False,
+    quantize: str | None = None,
+    data: Path | None = None,
+    calibration_samples: int = 16,
+    layout: str = "auto",
 ) -> dict[str, Any]:
     """With ``evaluation``, registering the model is required: a store that cannot be
     reached stops the step before the work, a failed registration is an error (exit 2)
@@ -165,7 +169,17 @@ def run(
         experiment: the MLflow experiment.
         orchestrator: the run's orchestrator tag (cli, dvc, kfp).
         tracking_optional: a tracking failure is logged instead of being an error.
+        quantize: ``"int8"``: also write ``<out>_int8.onnx`` (components/quantize.py).
+        data: the dataset whose train split calibrates the int8 graph.
+        calibration_samples: training label maps used for calibration.
+        layout: the dataset layout (auto, cityscapes, folder).
     """
+    if quantize not in (None, "int8"):
+        raise InputError(f"--quantize {quantize!r}: expected int8")
+    if quantize and data is None:
+        raise InputError("--quantize int8 needs --data DIR: its training label maps calibrate it")
+    if quantize and calibration_samples < 1:
+        raise InputError("--calibration-samples must be at least 1")
     out = prepare_out_file(out)
     registration_file = out.parent / "registration.json"
     registration_file.unlink(missing_ok=True)  # never leave a stale one for promote
@@ -198,6 +212,18 @@ def run(
         summary["onnx_fp16"] = str(fp16_path)
     proto, _ = load_verified(path)
     summary["onnx_sha256"] = graph_hash(proto)
+    if quantize == "int8":
+        from components.quantize import calibration_feeds, quantize_int8
+        from components.quantize import max_diff as int8_diff
+
+        width, height = ckpt.get("image_size") or (4 * m, 2 * m)
+        feeds = calibration_feeds(
+            path, data, (int(width), int(height)), calibration_samples, layout
+        )
+        int8_path = quantize_int8(path, out.with_name(out.stem + "_int8.onnx"), feeds)
+        summary["onnx_int8"] = str(int8_path)
+        summary["int8_vs_fp32_on_calibration"] = int8_diff(path, int8_path, feeds)
+        summary["int8_calibration"] = {"samples": len(feeds), "size": f"{width}x{height}"}
     if tracking:
         from components import registry
 

@@ -234,3 +234,40 @@ def test_edit_style_from_a_reference_photo(exported, tmp_path, capsys):
     capsys.readouterr()
     assert run("a", "bad", photo_instance=3005) == 2
     assert "no instance 3005" in capsys.readouterr().err
+
+
+def test_int8_export_calibrated_on_training_maps(exported, tmp_path):
+    from components import synth
+    from components.engine import make_session
+    from components.quantize import op_counts
+
+    _, _, ckpt, _ = exported
+    data = tmp_path / "data"
+    synth.run(data, num_train=3, num_val=2, width=48, height=32, seed=0)
+    # the synthetic maps use Cityscapes ids (up to 33): fold them into this model's 6
+    for png in data.glob("gtFine/*/*/*_labelIds.png"):
+        Image.fromarray((np.asarray(Image.open(png)) % 6).astype(np.uint8)).save(png)
+    summary = export.run(
+        ckpt, tmp_path / "m.onnx", fp16=False, tracking=False, quantize="int8", data=data
+    )
+    int8 = tmp_path / "m_int8.onnx"
+    assert summary["onnx_int8"] == str(int8) and summary["int8_calibration"]["samples"] == 3
+    ops = op_counts(int8)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert meta["precision"] == "int8" and meta["label_nc"] == "6" and "cluster_centers" in meta
+    # on the val maps (not calibrated on), the int8 output stays much closer to the fp32
+    # output than the fp32 outputs of the two val maps are to each other
+    val = sorted(data.glob("gtFine/val/*/*_labelIds.png"))
+    feeds = []
+    for png in val:
+        label = np.asarray(Image.open(png)).astype(np.int64)[None, None]
+        inst = np.asarray(Image.open(str(png).replace("labelIds", "instanceIds"))).astype(np.int64)
+        feats = np.full((1, 3, 32, 48), 0.3, np.float32)
+        feeds.append({"label": label, "instance": inst[None, None], "features": feats})
+    fp32, q = make_session(tmp_path / "m.onnx"), make_session(int8)
+    ref = [fp32.run(None, f)[0] for f in feeds]
+    err = np.abs(q.run(None, feeds[0])[0] - ref[0]).mean()
+    assert 0 < err < np.abs(ref[1] - ref[0]).mean() / 2
+    with pytest.raises(export.InputError, match="needs --data"):
+        export.run(ckpt, tmp_path / "x.onnx", tracking=False, quantize="int8")
