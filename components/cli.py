@@ -434,12 +434,21 @@ COMMANDS: tuple[Command, ...] = (
                 help="evaluate's evaluation.json: register the servable model as a new "
                 "version of the generator with these scores (registration.json beside --out)",
             ),
+            opt(
+                "--quantize",
+                choices=["int8"],
+                help="also write <out>_int8.onnx: static int8 (QDQ, per-channel), calibrated "
+                "on --data's training label maps",
+            ),
+            opt("--data", type=_location, help="dataset whose train split calibrates int8"),
+            opt("--calibration-samples", type=_positive_int, default=16),
             TRACKING,
             PARAMS,
         ),
         derive=lambda o, p: {
             "experiment": p.tracking.experiment,
             "tracking_optional": p.tracking.optional,
+            "layout": p.data.layout,
         },
     ),
     Command(
