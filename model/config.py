@@ -18,7 +18,7 @@ from model.errors import ConfigError
 
 GanMode = Literal["ls", "vanilla", "hinge"]
 NormType = Literal["instance", "batch"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 def check_number(
@@ -159,7 +159,7 @@ class TrainConfig:
     batch_size: int = 1
     flip: bool = True
     seed: int = 0
-    precision: Precision = "fp32"
+    precision: Precision = "fp32"  # auto: bf16 on CPUs with native bf16, fp16 on CUDA
     channels_last: bool = False
     compile: bool = False  # torch.compile G, D and E (each network, so G and D steps stay apart)
     compile_backend: str = "inductor"

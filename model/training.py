@@ -77,6 +77,25 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products in hardware (without them PyTorch
+    emulates bf16 on the CPU, ~45x slower than fp32 in bench/training.py)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 autocast + grad scaler on CUDA, bf16 autocast on a CPU with native
+    bf16, fp32 otherwise. Explicit values are kept (bf16 on a CPU without native bf16
+    gets a warning)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("precision bf16 on a CPU without AVX512-BF16/AMX is emulated (very slow)")
+    return precision
+
+
 def _autocast(device: torch.device, precision: Precision):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
@@ -149,6 +168,9 @@ class Trainer:
         self.state = TrainState()
         self._last_saved_step: int | None = None
         self._total_steps = 0
+        self.precision = resolve_precision(cfg.precision, device)
+        if self.precision != cfg.precision:
+            log.info("precision %s: %s on %s", cfg.precision, self.precision, device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         g_params = list(model.netG.parameters())
@@ -157,7 +179,7 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         self.opt_G = torch.optim.Adam(g_params, lr=cfg.lr, betas=betas)
         self.opt_D = torch.optim.Adam(model.netD.parameters(), lr=cfg.lr, betas=betas)
-        use_scaler = cfg.precision == "fp16" and device.type == "cuda"
+        use_scaler = self.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         # the global part of a local generator (its `model.*`): frozen for niter_fix_global
         self.global_params = (
@@ -305,8 +327,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """One iteration: G step then D step. Returns the losses when they were read."""
-        cfg = self.cfg
-        with _autocast(self.device, cfg.precision):
+        with _autocast(self.device, self.precision):
             out = self._step_fn(
                 batch["label"],
                 batch.get("instance"),
@@ -398,6 +419,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {
             "stage": self.stage,
+            "precision": self.precision,
             "epochs": cfg.epochs,
             "iterations": st.global_step,
             "iterations_this_run": steps_run,
