@@ -179,8 +179,8 @@ class TrainConfig:
             check_number(name, getattr(self, name), 0)
         if self.niter + self.niter_decay == 0:
             raise ConfigError("niter and niter_decay are both 0: nothing to train")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {self.precision!r}: expected fp32, bf16 or fp16")
+        if self.precision not in typing.get_args(Precision):
+            raise ConfigError(f"precision {self.precision!r}: expected fp32, bf16, fp16 or auto")
 
     @property
     def epochs(self) -> int:
