@@ -81,7 +81,7 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None) ->
     InputError naming it."""
     import onnxruntime as ort
 
-    from model.export import load_verified
+    from model.onnx_integrity import load_verified
 
     _, data = load_verified(path)  # content hash checked: flipped bytes are an error
     try:

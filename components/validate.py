@@ -25,10 +25,17 @@ import numpy as np
 from tqdm import tqdm
 
 from components import contract
-from model.datasets import LAYOUTS, SampleFiles, detect_layout, find_samples, role_dirs
+from model.datasets import (
+    LAYOUTS,
+    SampleFiles,
+    detect_layout,
+    files_matching,
+    find_samples,
+    role_dirs,
+)
 from model.errors import InputError, Pix2PixHDError
 from model.fileio import prepare_out_dir, write_json, write_text
-from model.image_io import IMAGE_SUFFIXES, open_image, sample_stem
+from model.image_io import open_image, sample_stem
 from model.palette import Palette, decode, describe_unknown, load_palette
 
 log = logging.getLogger(__name__)
@@ -120,9 +127,7 @@ def _duplicates(
         if role not in roles or not directory.is_dir():
             continue
         seen: set[str] = set()
-        for p in sorted(directory.rglob(pattern)):
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for p in files_matching(directory, pattern):
             stem = sample_stem(p)
             if stem in seen:
                 base = first.get(stem, SampleFiles(split, stem, None, None, None))

@@ -60,7 +60,7 @@ def detect_layout(root: Path) -> Layout:
     )
 
 
-def _files(directory: Path, stem_pattern: str = "*") -> list[Path]:
+def files_matching(directory: Path, stem_pattern: str = "*") -> list[Path]:
     """Image files whose stem matches ``stem_pattern``; extensions in any case."""
     if not directory.is_dir():
         return []
@@ -110,7 +110,9 @@ def find_samples(
     roles = role_dirs(Path(root), layout, split)
     if layout == "rgb" or not use_instance_map:
         roles.pop("instance", None)
-    by_role = {role: _by_stem(_files(d, pat), role, collect) for role, (d, pat) in roles.items()}
+    by_role = {
+        role: _by_stem(files_matching(d, pat), role, collect) for role, (d, pat) in roles.items()
+    }
     stems = sorted(set().union(*[set(v) for v in by_role.values()]))
     samples = []
     for stem in stems:

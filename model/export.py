@@ -13,10 +13,8 @@ included), verified by ``load_verified``: flipped bytes are an error naming the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +23,8 @@ from model import __version__
 from model.encoding import encode_label
 from model.errors import InputError
 from model.fileio import atomic_open
+from model.onnx_integrity import HASH_KEY, graph_hash, load_verified  # noqa: F401 (re-exported)
 from model.pix2pixhd import Pix2PixHD
-
-HASH_KEY = "content_sha256"
 
 
 class ExportableGenerator(nn.Module):
@@ -133,33 +130,3 @@ def export_onnx(
     with atomic_open(path, "wb") as f:
         onnx.save(proto, f)
     return path
-
-
-def graph_hash(proto: Any) -> str:
-    """SHA-256 of the model's graph (nodes and weights), the metadata excluded."""
-    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
-
-
-def load_verified(path: str | Path) -> tuple[Any, bytes]:
-    """The ONNX model at ``path`` (proto and file bytes), its content hash checked.
-    Files without a hash (exported before hashes existed) are accepted."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file")
-    data = path.read_bytes()
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise InputError(
-            f"{path}: not a readable ONNX model (truncated or corrupted?): {exc}"
-        ) from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    stored = meta.get(HASH_KEY)
-    if stored is not None and graph_hash(proto) != stored:
-        raise InputError(
-            f"{path}: content hash mismatch: the file is corrupted (bytes changed after it "
-            "was exported); export it again"
-        )
-    return proto, data

@@ -347,6 +347,7 @@ def test_follow_alias_reloads_without_dropping_requests_in_flight(
     from onnx import numpy_helper
 
     from components.serve.server import AliasFollower, load
+    from model.onnx_integrity import stamp
 
     monkeypatch.setenv("PIX2PIXHD_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -369,6 +370,7 @@ def test_follow_alias_reloads_without_dropping_requests_in_flight(
     floats = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
     last = [i for i in floats if len(i.dims) == 1][-1]
     last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) + 0.5, last.name))
+    stamp(proto)  # a new graph on purpose: its own content hash, as a new export has
     v2 = tmp_path / "v2" / "model.onnx"
     v2.parent.mkdir(parents=True)
     onnx.save(proto, str(v2))

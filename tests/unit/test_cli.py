@@ -61,8 +61,8 @@ def test_logging_is_configured_for_the_project_only(
 ):
     cli.configure_logging(**flags)
     logging.getLogger("components.somestep").info("project-info")
-    logging.getLogger("urllib3.connectionpool").info("third-info")
-    logging.getLogger("urllib3.connectionpool").warning("third-warning")
+    logging.getLogger("some_library.module").info("third-info")
+    logging.getLogger("some_library.module").warning("third-warning")
     err = capsys.readouterr().err
     assert ("project-info" in err) is project_info
     assert ("third-info" in err) is third_info
