@@ -388,3 +388,27 @@ def test_dvc_stages_list_every_project_module_their_step_imports():
     for name, spec in stages.items():
         missing = closure(f"components.{step.get(name, name)}") - set(spec["deps"])
         assert not missing, f"stage {name}: reads {sorted(missing)} but does not list them"
+
+
+def test_dvc_params_keys_exist_in_params_yaml():
+    """`dvc repro` refuses a stage whose params key is missing from params.yaml (a key the
+    schema defaults, e.g. data.palette, must still be spelled out there)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def present(key: str) -> bool:
+        node = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    missing = [
+        f"{name}: {key}"
+        for name, stage in stages.items()
+        for entry in stage.get("params", [])
+        for key in ([entry] if isinstance(entry, str) else [k for v in entry.values() for k in v])
+        if not present(key)
+    ]
+    assert not missing
