@@ -81,7 +81,7 @@ def quantize_int8(fp32_path: Path, out: Path, feeds: list[dict[str, np.ndarray]]
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from model.export import HASH_KEY, graph_hash
+    from model.onnx_integrity import stamp
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -110,13 +110,11 @@ def quantize_int8(fp32_path: Path, out: Path, feeds: list[dict[str, np.ndarray]]
         proto = onnx.load(str(tmp))
         meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
         meta["precision"] = "int8"
-        meta.pop(HASH_KEY, None)
         del proto.metadata_props[:]
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
-        entry = proto.metadata_props.add()  # the int8 graph's own content hash
-        entry.key, entry.value = HASH_KEY, graph_hash(proto)
+        stamp(proto)  # the int8 graph's own content hash
         onnx.save(proto, str(tmp))
         tmp.replace(out)
     finally:

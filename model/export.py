@@ -23,7 +23,7 @@ from model import __version__
 from model.encoding import encode_label
 from model.errors import InputError
 from model.fileio import atomic_open
-from model.onnx_integrity import HASH_KEY, graph_hash, load_verified  # noqa: F401 (re-exported)
+from model.onnx_integrity import HASH_KEY, graph_hash, load_verified, stamp  # noqa: F401
 from model.pix2pixhd import Pix2PixHD
 
 
@@ -125,8 +125,7 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto, full_check=True)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = HASH_KEY, graph_hash(proto)
+    stamp(proto)
     with atomic_open(path, "wb") as f:
         onnx.save(proto, f)
     return path
