@@ -168,7 +168,13 @@ def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri,
         [sys.executable, "-m", *container["command"], *args],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+        # mlflow starts `uvicorn` from PATH: the interpreter's bin directory must be on it,
+        # as it is in the image and in an activated virtualenv
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_uri,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         start_new_session=True,
     )
 
@@ -180,7 +186,12 @@ def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri,
         )
 
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", 180, proc)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", 180, proc)
+        except (RuntimeError, TimeoutError) as err:
+            log.flush()
+            tail = (tmp_path / "serve.log").read_text(errors="replace")[-4000:]
+            raise AssertionError(f"{err}; server log:\n{tail}") from None
         label, inst = _maps(1, 19, 30, seed=4)
         with urllib.request.urlopen(
             post({"label": label.tolist(), "instance": inst.tolist()}), timeout=60
@@ -194,7 +205,8 @@ def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri,
             urllib.request.urlopen(post({"label": bad, "instance": inst.tolist()}), timeout=60)
         assert err.value.code == 400 and "ids must be in [0, 6)" in err.value.read().decode()
     finally:
-        os.killpg(proc.pid, 15)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
 
