@@ -2,21 +2,27 @@
 frozen segmenter and score both against the input label maps. The scores go to
 `export`, which registers the servable model with them.
 
-Writes ``metrics.json`` (pixel accuracy and mean IoU for generated and real photos),
-``iou_per_class.csv``, ``confusion_matrix.json`` (19 train ids, generated images),
-``samples.png`` (label | generated | real | segmentation of the generated image) and
-``evaluation.json`` (the scores, the checkpoint's sha256, the
-dataset hash and the MLflow run: what `export` registers the servable model with).
+Top-down in :func:`run`: :func:`score` (generate, segment, confusion matrices),
+:func:`write_reports` (the files), :func:`log_run` (the MLflow run), and
+``evaluation.json`` last (it needs the run id). The files, replaced as one set (an
+interrupted or failed run leaves the previous set):
+
+- ``metrics.json``: pixel accuracy and mean IoU for generated and real photos and the
+  image count (numbers only);
+- ``iou_per_class.csv``; ``confusion_matrix.json`` (19 train ids, generated images);
+- ``samples.png`` (label | generated | real | segmentation of the generated image);
+- ``evaluation.json``: the scores, the checkpoint's sha256, the dataset hash, the MLflow
+  run and the mean-IoU convention: what `export` registers the servable model with.
+
 The MLflow run logs the step's params, the scores as metrics, the val split as an input
-dataset (validate's hash as its digest) and the sample grid.
+dataset (validate's hash as its digest), the per-class IoU and the sample grid.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +33,19 @@ from tqdm import tqdm
 from components.export import file_sha256
 from components.params import EvaluateParams
 from components.segmenter import load_segmenter
-from components.tracking import Tracker, git_sha, orchestrator_tag
+from components.tracking import Tracker, dataset_hash, run_tags
 from model.checkpoint import build_model, load_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import features_from_clusters
-from model.fileio import atomic_open, prepare_out_dir, write_json
+from model.fileio import StagedFiles, atomic_open, prepare_out_dir, write_json
 from model.image_io import tensor_to_rgb, write_png
 from model.labels import LABELS, colorize
 from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
+from model.metrics import Scores as ClassScores
 from model.palette import load_palette
-from model.pspnet import segment
+from model.pix2pixhd import Pix2PixHD
+from model.pspnet import PSPNet, segment
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,129 @@ def _train_id_colours() -> np.ndarray:
         if 0 <= lab.train_id < 255:
             lut[lab.train_id] = lab.color
     return lut
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What scoring produced: the scores of generated and real photos, the confusion
+    matrix of the generated ones, the image count and the rows of the sample grid."""
+
+    generated: ClassScores
+    real: ClassScores
+    confusion: ConfusionMatrix
+    images: int
+    grid_rows: list[np.ndarray]
+
+    def flat(self) -> dict[str, float]:
+        """The scores as flat metrics (MLflow, kfp, the registry)."""
+        g, r = self.generated, self.real
+        return {
+            "generated_pixel_accuracy": g.pixel_accuracy,
+            "generated_mean_iou": g.mean_iou,
+            "real_pixel_accuracy": r.pixel_accuracy,
+            "real_mean_iou": r.mean_iou,
+            "mean_iou_ratio": g.mean_iou / r.mean_iou if r.mean_iou else 0.0,
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: numbers only."""
+        return {
+            "generated": {
+                "pixel_accuracy": self.generated.pixel_accuracy,
+                "mean_iou": self.generated.mean_iou,
+            },
+            "real": {"pixel_accuracy": self.real.pixel_accuracy, "mean_iou": self.real.mean_iou},
+            "images": self.images,
+        }
+
+
+def score(
+    model: Pix2PixHD,
+    seg: PSPNet,
+    seg_crop: int | None,
+    seg_flip: bool,
+    ds: PairedDataset,
+    centres: dict[int, Any],
+    params: EvaluateParams,
+) -> Scores:
+    """Generate every sample of ``ds``, segment generated and real photos with the
+    frozen segmenter and accumulate both confusion matrices against the label maps."""
+    rng = torch.Generator().manual_seed(params.seed)
+    cm_fake, cm_real = ConfusionMatrix(), ConfusionMatrix()
+    grid_rows: list[np.ndarray] = []
+    colours = _train_id_colours()
+
+    def segmented(images: torch.Tensor) -> torch.Tensor:
+        return segment(seg, (images + 1) * 127.5, crop=seg_crop, flip=seg_flip).argmax(1)
+
+    for start in tqdm(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
+        items = [ds[i] for i in range(start, min(len(ds), start + params.batch_size))]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        feats = None
+        if model.cfg.use_instance_features and centres:
+            feats = features_from_clusters(
+                batch["instance"], centres, model.cfg.encoder.feat_num, rng
+            )
+        fake = model.generate(
+            batch["label"], batch.get("instance"), image=batch["image"], features=feats
+        )
+        pred_fake, pred_real = segmented(fake), segmented(batch["image"])
+        for i in range(len(items)):
+            target = label_ids_to_train_ids(batch["label"][i, 0].numpy())
+            cm_fake.update(pred_fake[i].numpy(), target)
+            cm_real.update(pred_real[i].numpy(), target)
+            if len(grid_rows) < params.samples:
+                row = [
+                    colorize(batch["label"][i, 0].numpy()),
+                    tensor_to_rgb(fake[i]),
+                    tensor_to_rgb(batch["image"][i]),
+                    colours[pred_fake[i].numpy()],
+                ]
+                grid_rows.append(np.concatenate(row, axis=1))
+    return Scores(scores(cm_fake), scores(cm_real), cm_fake, len(ds), grid_rows)
+
+
+def write_reports(staged: StagedFiles, s: Scores) -> None:
+    """``metrics.json``, ``iou_per_class.csv``, ``confusion_matrix.json`` (generated
+    images: rows ground truth, columns prediction, train ids) and ``samples.png``."""
+    write_json(staged.path("metrics.json"), s.metrics())
+    with atomic_open(staged.path("iou_per_class.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "generated", "real"])
+        for name in TRAIN_NAMES:
+            g, r = s.generated.iou_per_class[name], s.real.iou_per_class[name]
+            w.writerow([name, f"{g:.4f}", f"{r:.4f}"])
+    confusion = {
+        "categories": list(TRAIN_NAMES),
+        "matrix": s.confusion.matrix[:, : len(TRAIN_NAMES)].tolist(),
+    }
+    write_json(staged.path("confusion_matrix.json"), confusion, indent=None)
+    write_png(staged.path("samples.png"), np.concatenate(s.grid_rows, axis=0))
+
+
+def log_run(
+    s: Scores,
+    staged: StagedFiles,
+    run_params: dict[str, Any],
+    data: Path,
+    data_hash: str,
+    tracking_uri: str | None,
+    orchestrator: str | None,
+    experiment: str,
+) -> str | None:
+    """An MLflow run with the step's params, the val split as input dataset (its hash as
+    digest), the scores and the reports; returns its id (None when tracking failed)."""
+    tracker = Tracker(tracking_uri=tracking_uri)
+    tracker.start(
+        experiment, "evaluate", run_tags("evaluate", orchestrator, dataset_hash=data_hash)
+    )
+    tracker.log_params(run_params)
+    tracker.log_input_dataset(str(data), "val", data_hash, context="evaluation")
+    tracker.log_metrics(s.flat(), step=0)
+    tracker.log_artifact(staged.path("iou_per_class.csv"))
+    tracker.log_artifact(staged.path("samples.png"))
+    tracker.end()
+    return tracker.run_id
 
 
 def run(
@@ -76,7 +207,7 @@ def run(
         segmenter: the frozen segmenter (``segmenter.pth`` of the segmenter step).
         data: the dataset root; its val split is generated and scored.
         out: the output directory (metrics.json, evaluation.json, iou_per_class.csv,
-            confusion_matrix.json, samples.png).
+            confusion_matrix.json, samples.png: replaced as one set).
         params: batch size, seed, sample rows and the model name export registers.
         layout: the dataset layout (``auto``: detected).
         tracking: log an MLflow run (off: files only).
@@ -86,6 +217,9 @@ def run(
         data_summary: validate's summary.json, whose dataset hash is recorded
             (default: the one in the checkpoint).
         palette: colour label maps: the palette (data.palette; empty: label ids).
+
+    Returns:
+        metrics.json's numbers, the mean-IoU convention and ``scores`` (flat, for kfp).
     """
     params = params or EvaluateParams()
     prepare_out_dir(out)  # writable, before any work; temporaries of killed runs go
@@ -95,6 +229,7 @@ def run(
     width, height = ckpt.get("image_size") or (None, None)
     if width is None:
         raise InputError(f"{checkpoint}: the checkpoint does not record its image size")
+    data_hash = dataset_hash(data_summary, default=str(ckpt.get("dataset_hash") or ""))
     lay = detect_layout(data) if layout == "auto" else layout
     val = find_samples(data, lay, "val", model.cfg.use_instance_map)
     if not val:
@@ -102,92 +237,13 @@ def run(
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     ds = PairedDataset(val, model.cfg.label_nc, int(width), int(height), palette=pal)
     centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
-    rng = torch.Generator().manual_seed(params.seed)
-    cm_fake, cm_real = ConfusionMatrix(), ConfusionMatrix()
-    grid_rows = []
-    colours = _train_id_colours()
-    for start in tqdm(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
-        items = [ds[i] for i in range(start, min(len(ds), start + params.batch_size))]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-        feats = None
-        if model.cfg.use_instance_features and centres:
-            feats = features_from_clusters(
-                batch["instance"], centres, model.cfg.encoder.feat_num, rng
-            )
-        fake = model.generate(
-            batch["label"], batch.get("instance"), image=batch["image"], features=feats
-        )
-        pred_fake = segment(
-            seg, (fake + 1) * 127.5, crop=seg_params.crop or None, flip=seg_params.flip
-        ).argmax(1)
-        pred_real = segment(
-            seg, (batch["image"] + 1) * 127.5, crop=seg_params.crop or None, flip=seg_params.flip
-        ).argmax(1)
-        for i in range(len(items)):
-            target = label_ids_to_train_ids(batch["label"][i, 0].numpy())
-            cm_fake.update(pred_fake[i].numpy(), target)
-            cm_real.update(pred_real[i].numpy(), target)
-            if len(grid_rows) < params.samples:
-                grid_rows.append(
-                    np.concatenate(
-                        [
-                            colorize(batch["label"][i, 0].numpy()),
-                            tensor_to_rgb(fake[i]),
-                            tensor_to_rgb(batch["image"][i]),
-                            colours[pred_fake[i].numpy()],
-                        ],
-                        axis=1,
-                    )
-                )
-    s_fake, s_real = scores(cm_fake), scores(cm_real)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "generated": {"pixel_accuracy": s_fake.pixel_accuracy, "mean_iou": s_fake.mean_iou},
-        "real": {"pixel_accuracy": s_real.pixel_accuracy, "mean_iou": s_real.mean_iou},
-        "images": len(ds),
-        "mean_iou_convention": MEAN_IOU_CONVENTION,
-    }
-    with atomic_open(out / "iou_per_class.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "generated", "real"])
-        for name in TRAIN_NAMES:
-            w.writerow(
-                [name, f"{s_fake.iou_per_class[name]:.4f}", f"{s_real.iou_per_class[name]:.4f}"]
-            )
-    write_png(out / "samples.png", np.concatenate(grid_rows, axis=0))
-    dataset_hash = ckpt.get("dataset_hash", "")
-    if data_summary is not None and Path(data_summary).is_file():
-        dataset_hash = json.loads(Path(data_summary).read_text()).get("dataset_hash", "")
-    scores_flat = {
-        "generated_pixel_accuracy": s_fake.pixel_accuracy,
-        "generated_mean_iou": s_fake.mean_iou,
-        "real_pixel_accuracy": s_real.pixel_accuracy,
-        "real_mean_iou": s_real.mean_iou,
-        "mean_iou_ratio": s_fake.mean_iou / s_real.mean_iou if s_real.mean_iou else 0.0,
-    }
-    evaluation: dict[str, Any] = {
-        "model_name": params.model_name,
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "dataset_hash": dataset_hash,
-        "run_id": None,
-        # the registry's scores (registry.promote compares `mean_iou` by default)
-        "scores": {
-            "mean_iou": s_fake.mean_iou,
-            "pixel_accuracy": s_fake.pixel_accuracy,
-            **scores_flat,
-        },
-    }
-    if tracking:
-        tracker = Tracker(tracking_uri=tracking_uri)
-        tags = {
-            "stage": "evaluate",
-            "git_sha": git_sha(),
-            "dataset_hash": dataset_hash,
-            "orchestrator": orchestrator_tag(orchestrator),
-        }
-        tracker.start(experiment, "evaluate", tags)
-        tracker.log_params(
-            {
+
+    s = score(model, seg, seg_params.crop or None, seg_params.flip, ds, centres, params)
+    with StagedFiles(out) as staged:  # the previous set stays until commit()
+        write_reports(staged, s)
+        run_id = None
+        if tracking:
+            run_params = {
                 **{f"evaluate.{k}": v for k, v in asdict(params).items()},
                 "checkpoint": str(checkpoint),
                 "segmenter": str(segmenter),
@@ -195,28 +251,32 @@ def run(
                 "segmenter.flip": seg_params.flip,
                 "data": str(data),
                 "layout": lay,
-                "images": len(ds),
+                "images": s.images,
             }
-        )
-        tracker.log_input_dataset(str(data), "val", dataset_hash, context="evaluation")
-        tracker.log_metrics(scores_flat, step=0)
-        tracker.log_artifact(out / "iou_per_class.csv")
-        tracker.log_artifact(out / "samples.png")
-        tracker.end()
-        evaluation["run_id"] = tracker.run_id
-    write_json(out / "evaluation.json", evaluation)
-    write_json(out / "metrics.json", metrics)
-    confusion = {  # generated images: rows ground truth, columns prediction (train ids)
-        "categories": list(TRAIN_NAMES),
-        "matrix": cm_fake.matrix[:, : len(TRAIN_NAMES)].tolist(),
-    }
-    write_json(out / "confusion_matrix.json", confusion, indent=None)
-    metrics["scores"] = scores_flat  # flat, for orchestrators' metric outputs (kfp)
+            run_id = log_run(
+                s, staged, run_params, data, data_hash, tracking_uri, orchestrator, experiment
+            )
+        evaluation = {
+            "model_name": params.model_name,
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "dataset_hash": data_hash,
+            "run_id": run_id,
+            "mean_iou_convention": MEAN_IOU_CONVENTION,
+            # the registry's scores (registry.promote compares `mean_iou` by default)
+            "scores": {
+                "mean_iou": s.generated.mean_iou,
+                "pixel_accuracy": s.generated.pixel_accuracy,
+                **s.flat(),
+            },
+        }
+        write_json(staged.path("evaluation.json"), evaluation)
+        staged.commit()
+    g, r = s.generated, s.real
     log.info(
         "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",
-        s_fake.pixel_accuracy,
-        s_fake.mean_iou,
-        s_real.pixel_accuracy,
-        s_real.mean_iou,
+        g.pixel_accuracy,
+        g.mean_iou,
+        r.pixel_accuracy,
+        r.mean_iou,
     )
-    return metrics
+    return {**s.metrics(), "mean_iou_convention": MEAN_IOU_CONVENTION, "scores": s.flat()}

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from model.fileio import read_json
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -261,3 +263,19 @@ class Tracker:
 
 def orchestrator_tag(explicit: str | None) -> str:
     return explicit or os.environ.get("PIX2PIXHD_ORCHESTRATOR", "cli")
+
+
+def run_tags(stage: str, orchestrator: str | None = None, **extra: str) -> dict[str, str]:
+    """The tags of a step's MLflow run: ``stage``, ``git_sha``, ``orchestrator`` (the
+    explicit one, else ``$PIX2PIXHD_ORCHESTRATOR``, else ``cli``), then ``extra``."""
+    tags = {"stage": stage, "git_sha": git_sha(), "orchestrator": orchestrator_tag(orchestrator)}
+    return {**tags, **extra}
+
+
+def dataset_hash(data_summary: Path | None, default: str = "") -> str:
+    """The dataset hash validate wrote into ``data_summary`` (its summary.json);
+    ``default`` when none is given or the file does not exist. A summary without a
+    string ``dataset_hash`` is one line naming the file."""
+    if data_summary is None or not Path(data_summary).is_file():
+        return default
+    return str(read_json(data_summary, "data summary", {"dataset_hash": str})["dataset_hash"])

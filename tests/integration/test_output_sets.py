@@ -1,0 +1,97 @@
+"""Issue 11: a step's outputs are replaced as one set. A run that fails after writing
+some of its files (the last writer raises) leaves the previous complete set, byte for
+byte, and no temporaries."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from components import synth
+from components.params import SegmenterParams
+from components.segmenter import pspnet_config
+from model.checkpoint import model_payload, save_checkpoint
+from model.fileio import TMP_SUFFIX
+from model.pix2pixhd import Pix2PixHD
+from model.pspnet import PSPNet
+from tests.conftest import tiny_config
+
+SIZE = (64, 32)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny dataset, generator checkpoint and segmenter."""
+    root = tmp_path_factory.mktemp("sets")
+    data = root / "synth"
+    synth.run(data, num_train=2, num_val=2, width=SIZE[0], height=SIZE[1], seed=5)
+    model = Pix2PixHD(tiny_config(label_nc=35), with_discriminator=False)
+    ckpt = save_checkpoint(root / "g.pth", {**model_payload(model), "image_size": list(SIZE)})
+    seg_params = SegmenterParams(backbone="light")
+    seg = save_checkpoint(
+        root / "seg.pth",
+        {
+            "kind": "segmenter",
+            "segmenter_params": dataclasses.asdict(seg_params),
+            "state_dict": PSPNet(pspnet_config(seg_params)).state_dict(),
+        },
+    )
+    return {"data": data, "checkpoint": ckpt, "segmenter": seg}
+
+
+def _evaluate(inputs: dict[str, Path], out: Path) -> None:
+    from components import evaluate
+
+    evaluate.run(inputs["checkpoint"], inputs["segmenter"], inputs["data"], out, tracking=False)
+
+
+STEPS = {
+    # step -> (run it, the files of its set, the module whose last write fails)
+    "evaluate": (
+        _evaluate,
+        [
+            "metrics.json",
+            "iou_per_class.csv",
+            "confusion_matrix.json",
+            "samples.png",
+            "evaluation.json",
+        ],
+        "components.evaluate",
+    ),
+}
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_failed_run_leaves_the_previous_set(step, inputs, tmp_path, monkeypatch):
+    run, names, module = STEPS[step]
+    out = tmp_path / "out"
+    run(inputs, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name in names:  # mark the previous set, to tell it from a new one
+        path = out / name
+        path.write_bytes(path.read_bytes() + b"\n")
+    before = _snapshot(out)
+
+    real = __import__(module, fromlist=["write_json"]).write_json
+    last = names[-1]
+
+    def failing(path, *args, **kwargs):
+        if Path(path).name == last:
+            raise _Boom(f"injected failure writing {last}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(f"{module}.write_json", failing)
+    with pytest.raises(_Boom):
+        run(inputs, out)
+    assert _snapshot(out) == before  # every file of the old set, none of the new
+    assert not list(out.rglob(f"*{TMP_SUFFIX}"))
