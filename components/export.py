@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from components.registry import RegistryError
-from components.tracking import Tracker, git_sha, orchestrator_tag
+from components.tracking import Tracker, run_tags
 from model.checkpoint import build_model, load_checkpoint
 from model.errors import InputError
 from model.export import example_inputs, export_onnx, graph_hash, input_names, load_verified
-from model.fileio import prepare_out_file, write_json
+from model.fileio import StagedFiles, prepare_out_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,9 @@ def run(
     """With ``evaluation``, registering the model is required: a store that cannot be
     reached stops the step before the work, a failed registration is an error (exit 2)
     and no registration.json is left for `promote`; with ``tracking_optional`` the step
-    finishes and registration.json records why nothing was registered.
+    finishes and registration.json records why nothing was registered. The graphs and
+    JSON files are replaced as one set: a failed run leaves the previous ones (but never
+    the previous registration.json).
 
     Args:
         checkpoint: the generator checkpoint (features' ``model.pth``).
@@ -196,82 +198,130 @@ def run(
             )
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
+    with StagedFiles(out.parent) as staged:  # the previous set stays until commit()
+        summary, graph = _export_graphs(
+            model, ckpt, staged, out, fp16, quantize, data, calibration_samples, layout
+        )
+        summary["checkpoint_sha256"] = ckpt_sha
+        if tracking:
+            summary.update(
+                _register(
+                    model,
+                    graph,
+                    checkpoint,
+                    ckpt,
+                    ckpt_sha,
+                    evaluated,
+                    float(summary["max_abs_diff_vs_torch"]),
+                    tracking_uri,
+                    experiment,
+                    orchestrator,
+                )
+            )
+            if must_register and "registered" not in summary:
+                reason = summary.pop("registration_failure", "the MLflow store failed")
+                if not tracking_optional:
+                    raise RegistryError(
+                        f"cannot register the model: {reason}; no registration.json written"
+                    )
+                log.warning("the model was not registered: %s (tracking.optional is true)", reason)
+                summary["registered"] = {"registered": False, "reason": reason}
+            if "registered" in summary:
+                write_json(staged.path(registration_file.name), summary["registered"], indent=None)
+        write_json(staged.path("export_summary.json"), summary)
+        staged.commit()
+    log.info("exported %s (max |onnx - torch| = %.2e)", out, summary["max_abs_diff_vs_torch"])
+    return summary
+
+
+def _export_graphs(
+    model: Any,
+    ckpt: dict[str, Any],
+    staged: StagedFiles,
+    out: Path,
+    fp16: bool,
+    quantize: str | None,
+    data: Path | None,
+    calibration_samples: int,
+    layout: str,
+) -> tuple[dict[str, Any], Path]:
+    """The fp32 graph (parity-checked against PyTorch), its fp16 and int8 copies, written
+    into ``staged`` under their final names; returns the summary (final paths) and the
+    staged fp32 graph."""
     centres = ckpt.get("cluster_centers") or None
-    path = export_onnx(model, out, cluster_centers=centres)
+    graph = export_onnx(model, staged.path(out.name), cluster_centers=centres)
     m = model.cfg.generator.size_multiple
-    max_diff = parity(model, path, ((1, 2 * m, 4 * m), (2, 3 * m, 5 * m)))
     summary: dict[str, Any] = {
-        "onnx": str(path),
-        "max_abs_diff_vs_torch": max_diff,
+        "onnx": str(out),
+        "max_abs_diff_vs_torch": parity(model, graph, ((1, 2 * m, 4 * m), (2, 3 * m, 5 * m))),
         "inputs": input_names(model),
-        "checkpoint_sha256": ckpt_sha,
     }
     if fp16:
-        fp16_path = out.with_name(out.stem + "_fp16.onnx")
-        export_onnx(model, fp16_path, fp16=True, cluster_centers=centres)
-        summary["onnx_fp16"] = str(fp16_path)
-    proto, _ = load_verified(path)
-    summary["onnx_sha256"] = graph_hash(proto)
+        name = out.stem + "_fp16.onnx"
+        export_onnx(model, staged.path(name), fp16=True, cluster_centers=centres)
+        summary["onnx_fp16"] = str(out.with_name(name))
+    summary["onnx_sha256"] = graph_hash(load_verified(graph)[0])
     if quantize == "int8":
         from components.quantize import calibration_feeds, quantize_int8
         from components.quantize import max_diff as int8_diff
 
         width, height = ckpt.get("image_size") or (4 * m, 2 * m)
         feeds = calibration_feeds(
-            path, data, (int(width), int(height)), calibration_samples, layout
+            graph, data, (int(width), int(height)), calibration_samples, layout
         )
-        int8_path = quantize_int8(path, out.with_name(out.stem + "_int8.onnx"), feeds)
-        summary["onnx_int8"] = str(int8_path)
-        summary["int8_vs_fp32_on_calibration"] = int8_diff(path, int8_path, feeds)
+        name = out.stem + "_int8.onnx"
+        int8_path = quantize_int8(graph, staged.path(name), feeds)
+        summary["onnx_int8"] = str(out.with_name(name))
+        summary["int8_vs_fp32_on_calibration"] = int8_diff(graph, int8_path, feeds)
         summary["int8_calibration"] = {"samples": len(feeds), "size": f"{width}x{height}"}
-    if tracking:
-        from components import registry
+    return summary, graph
 
-        name = evaluated.get("model_name") if evaluated else None
-        existing = None
-        if name:
-            existing = registry.find_version(name, ckpt_sha, SERVING_FORMAT, tracking_uri)
-        if existing is not None:
-            log.info("%s v%s already serves this checkpoint: not registered again", name, existing)
-            summary["registered"] = {"name": name, "version": existing, "reused": True}
-        else:
-            summary.update(
-                _log_and_register(
-                    model,
-                    path,
-                    checkpoint,
-                    ckpt_sha,
-                    evaluated,
-                    max_diff,
-                    centres is not None,
-                    tracking_uri,
-                    experiment,
-                    orchestrator,
-                )
-            )
-        if must_register and "registered" not in summary:
-            reason = summary.pop("registration_failure", "the MLflow store failed")
-            if not tracking_optional:
-                raise RegistryError(
-                    f"cannot register the model: {reason}; no registration.json written"
-                )
-            log.warning("the model was not registered: %s (tracking.optional is true)", reason)
-            summary["registered"] = {"registered": False, "reason": reason}
-        if "registered" in summary:
-            write_json(registration_file, summary["registered"], indent=None)
-    write_json(out.parent / "export_summary.json", summary)
-    log.info("exported %s (max |onnx - torch| = %.2e)", path, max_diff)
-    return summary
+
+def _register(
+    model: Any,
+    graph: Path,
+    checkpoint: Path,
+    ckpt: dict[str, Any],
+    ckpt_sha: str,
+    evaluated: dict[str, Any] | None,
+    max_diff: float,
+    tracking_uri: str | None,
+    experiment: str,
+    orchestrator: str | None,
+) -> dict[str, Any]:
+    """Log the servable model and register it, unless a version already serves this
+    checkpoint: ``registered`` (or ``registration_failure``) and the model URI."""
+    from components import registry
+
+    name = evaluated.get("model_name") if evaluated else None
+    existing = None
+    if name:
+        existing = registry.find_version(name, ckpt_sha, SERVING_FORMAT, tracking_uri)
+    if existing is not None:
+        log.info("%s v%s already serves this checkpoint: not registered again", name, existing)
+        return {"registered": {"name": name, "version": existing, "reused": True}}
+    return _log_and_register(
+        model,
+        graph,
+        checkpoint,
+        ckpt,
+        ckpt_sha,
+        evaluated,
+        max_diff,
+        tracking_uri,
+        experiment,
+        orchestrator,
+    )
 
 
 def _log_and_register(
     model: Any,
     onnx_path: Path,
     checkpoint: Path,
+    ckpt: dict[str, Any],
     ckpt_sha: str,
     evaluated: dict[str, Any] | None,
     max_diff: float,
-    has_centres: bool,
     tracking_uri: str | None,
     experiment: str,
     orchestrator: str | None,
@@ -279,17 +329,12 @@ def _log_and_register(
     from components import registry
 
     tracker = Tracker(tracking_uri=tracking_uri)
-    tags = {
-        "stage": "export",
-        "git_sha": git_sha(),
-        "orchestrator": orchestrator_tag(orchestrator),
-        "checkpoint_sha256": ckpt_sha,
-    }
+    tags = run_tags("export", orchestrator, checkpoint_sha256=ckpt_sha)
     if evaluated:
         tags["evaluate_run_id"] = str(evaluated.get("run_id") or "")
         tags["dataset_hash"] = str(evaluated.get("dataset_hash") or "")
     tracker.start(experiment, "export", tags)
-    signature, example = serving_signature(model, has_centres)
+    signature, example = serving_signature(model, bool(ckpt.get("cluster_centers")))
     info = tracker._call(
         "pyfunc.log_model",
         lambda mlflow: log_servable_model(onnx_path, checkpoint, signature, example),
@@ -315,7 +360,7 @@ def _log_and_register(
                     "git_sha": tags["git_sha"],
                     "checkpoint": str(checkpoint),
                     "checkpoint_sha256": ckpt_sha,
-                    "content_sha256": str(load_checkpoint(checkpoint).get("content_sha256") or ""),
+                    "content_sha256": str(ckpt.get("content_sha256") or ""),
                     "onnx_sha256": graph_hash(load_verified(onnx_path)[0]),
                     "serving_format": SERVING_FORMAT,
                     "evaluate_run_id": str(evaluated.get("run_id") or ""),

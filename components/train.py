@@ -20,9 +20,8 @@ import torch.distributed as dist
 
 from components import storage
 from components.params import Params, flatten, stage_crop, stage_model_config, stage_size
-from components.tracking import Tracker, git_sha, orchestrator_tag
+from components.tracking import Tracker, dataset_hash, run_tags
 from model.checkpoint import (
-    config_of,
     init_from_checkpoint,
     init_local_from_global,
     load_checkpoint,
@@ -32,8 +31,8 @@ from model.config import to_dict
 from model.datasets import PairedDataset, check_sample_sizes, detect_layout, find_samples
 from model.device import resolve_device
 from model.encoding import check_size
-from model.errors import CheckpointError, ConfigError, InputError
-from model.fileio import atomic_open, prepare_out_dir, read_json, write_json
+from model.errors import ConfigError, InputError
+from model.fileio import atomic_open, prepare_out_dir, write_json
 from model.image_io import write_png
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -196,28 +195,12 @@ def run(
         palette=load_palette(params.data.palette) if params.data.palette else None,
     )
     latest = out / "latest.pth"
-    dataset_hash = ""
-    if data_summary is not None and Path(data_summary).is_file():
-        dataset_hash = str(
-            read_json(data_summary, "data summary", {"dataset_hash": str})["dataset_hash"]
-        )
-
-    extra = {"image_size": [width, height], "dataset_hash": dataset_hash}
+    data_hash = dataset_hash(data_summary)
+    extra = {"image_size": [width, height], "dataset_hash": data_hash}
     trainer = Trainer(
         model, dataset, tcfg, out, dev, stage=stage, dist_info=dinfo, extra_payload=extra
     )
-    if resume and latest.exists():
-        ckpt = load_checkpoint(latest)
-        if config_of(ckpt) != cfg or ckpt.get("stage") != stage:
-            raise CheckpointError(
-                f"{latest}: cannot resume: it was trained with another configuration or "
-                "stage; use a new --out directory or the same params"
-            )
-        model.netG.load_state_dict(ckpt["G"])
-        model.netD.load_state_dict(ckpt["D"])
-        if model.netE is not None:
-            model.netE.load_state_dict(ckpt["E"])
-        trainer.load_training_state(ckpt)
+    if resume and trainer.resume(latest):
         log.info(
             "resuming %s at epoch %d, iteration %d",
             latest,
@@ -244,13 +227,7 @@ def run(
     if dinfo.is_main:
         hooks.truncate_after(trainer.state.global_step)
     trainer.hooks = hooks
-    tags = {
-        "stage": stage,
-        "git_sha": git_sha(),
-        "dataset_hash": dataset_hash,
-        "orchestrator": orchestrator_tag(orchestrator),
-        "world_size": str(dinfo.world_size),
-    }
+    tags = run_tags(stage, orchestrator, dataset_hash=data_hash, world_size=str(dinfo.world_size))
     tracker.start(params.tracking.experiment, f"train_{stage}", tags)
     tracker.log_params(
         {

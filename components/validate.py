@@ -5,9 +5,11 @@ compare the dataset with a training profile (drift).
 The manifest holds one row per sample of measured values (``contract.MANIFEST_COLUMNS``); the
 suite states what they must be. On a broken contract: ``report.txt`` naming each file
 and measured value, the Great Expectations result as JSON and as the library's Data Docs
-HTML; exit 2. On drift only (``--reference``): the same report, exit 1. On success:
-``summary.json`` (counts, class histogram, training profile, dataset hash),
-``manifest.json`` and the result JSON/HTML.
+HTML, and ``manifest.json``; exit 2. On drift only (``--reference``): the same report,
+exit 1. On success: ``summary.json`` (counts, class histogram, training profile, dataset
+hash), ``manifest.json`` and the result JSON/HTML. The files are replaced as one set
+(a run that fails while writing leaves the previous set), and the verdict of an earlier
+run (``summary.json`` or ``report.txt``) never stays beside a new one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from model.datasets import (
     role_dirs,
 )
 from model.errors import InputError, Pix2PixHDError
-from model.fileio import prepare_out_dir, write_json, write_text
+from model.fileio import StagedFiles, prepare_out_dir, write_json, write_text
 from model.image_io import open_image, sample_stem
 from model.palette import Palette, decode, describe_unknown, load_palette
 
@@ -270,13 +272,26 @@ def _profile(rows: list[dict[str, Any]], split: str | None) -> dict[str, Any]:
     }
 
 
-def _write_failure(
-    out: Path, result_json: dict[str, Any], lines: list[str], html: str | None
+def _write_set(
+    out: Path,
+    result_json: dict[str, Any],
+    html: str | None,
+    rows: list[dict[str, Any]],
+    verdict: tuple[str, str],
 ) -> None:
-    write_json(out / "great_expectations_result.json", result_json, indent=2)
-    if html is not None:
-        write_text(out / "great_expectations_result.html", html)
-    write_text(out / "report.txt", "\n".join(lines) + "\n")
+    """Replace the report set as one: the result JSON (and HTML), the manifest and the
+    verdict (``summary.json`` on success, ``report.txt`` on failure); the other verdict
+    of an earlier run is removed, so a stale one never stays beside the new set."""
+    name, content = verdict
+    with StagedFiles(out) as staged:
+        write_json(staged.path("great_expectations_result.json"), result_json, indent=2)
+        if html is not None:
+            write_text(staged.path("great_expectations_result.html"), html)
+        write_text(staged.path(name), content)
+        write_json(staged.path("manifest.json"), rows, indent=1)
+        stale = "report.txt" if name == "summary.json" else "summary.json"
+        (out / stale).unlink(missing_ok=True)
+        staged.commit()
 
 
 def run(
@@ -303,7 +318,7 @@ def run(
     Args:
         data: the dataset root.
         out: the report directory (``summary.json``, ``manifest.json``, the result
-            JSON/HTML; on failure ``report.txt``).
+            JSON/HTML; on failure ``report.txt`` instead of ``summary.json``).
         layout: the dataset layout (``auto``: detected).
         label_nc: label ids allowed (0: RGB labels).
         use_instance_map: instance maps are required.
@@ -360,12 +375,9 @@ def run(
     page = data_docs(result_json) if html else None
     timings["gx_data_docs"] = time.perf_counter() - t3
     timings["gx_data_docs_cpu"] = time.process_time() - c3
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("report.txt", "summary.json"):  # never leave a stale verdict behind
-        (out / name).unlink(missing_ok=True)
     lines = contract.failures(result_json, rows, str(data))
     if not result_json.get("success"):
-        _write_failure(out, result_json, lines, page)
+        _write_set(out, result_json, page, rows, ("report.txt", "\n".join(lines) + "\n"))
         shown = "\n  ".join(lines[:20])
         more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
         if contract.is_drift(result_json):
@@ -403,11 +415,8 @@ def run(
     }
     if ref is not None:
         summary["reference"] = str(reference)
-    write_json(out / "great_expectations_result.json", result_json, indent=2)
-    if page is not None:
-        write_text(out / "great_expectations_result.html", page)
-    write_json(out / "summary.json", summary, indent=2)
-    write_json(out / "manifest.json", rows, indent=1)
+    verdict = json.dumps(summary, indent=2, default=str) + "\n"
+    _write_set(out, result_json, page, rows, ("summary.json", verdict))
     timings = {k: round(v, 3) for k, v in timings.items()}
     log.info(
         "validated %d samples against %d expectations: ok (hash %s); read %.2f s, "

@@ -199,14 +199,25 @@ def build_model(
     """Rebuild the model from a checkpoint's own config and load its weights."""
     cfg = config_of(checkpoint)
     model = Pix2PixHD(cfg, with_discriminator=with_discriminator, vgg_state_dict=vgg_state_dict)
+    load_weights(model, checkpoint)
+    return model
+
+
+def load_weights(
+    model: Pix2PixHD, checkpoint: Mapping[str, Any], require_discriminator: bool = False
+) -> None:
+    """Load G (and E, and D when the model has one) from a checkpoint, strictly: every
+    key and shape must match the model's architecture."""
     _load_strict(model.netG, checkpoint["G"], "generator")
     if model.netE is not None:
         if checkpoint.get("E") is None:
             raise CheckpointError("config uses instance features but the checkpoint has no E")
         _load_strict(model.netE, checkpoint["E"], "encoder")
-    if model.netD is not None and checkpoint.get("D") is not None:
-        _load_strict(model.netD, checkpoint["D"], "discriminator")
-    return model
+    if model.netD is not None:
+        if checkpoint.get("D") is not None:
+            _load_strict(model.netD, checkpoint["D"], "discriminator")
+        elif require_discriminator:
+            raise CheckpointError("the checkpoint has no discriminator D")
 
 
 def model_payload(model: Pix2PixHD) -> dict[str, Any]:

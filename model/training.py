@@ -21,9 +21,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from model.checkpoint import NonFiniteWeights, model_payload, save_checkpoint
+from model.checkpoint import (
+    NonFiniteWeights,
+    config_of,
+    load_checkpoint,
+    load_weights,
+    model_payload,
+    save_checkpoint,
+)
 from model.config import Precision, TrainConfig, to_dict
-from model.errors import Pix2PixHDError
+from model.errors import CheckpointError, Pix2PixHDError
 from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
@@ -217,6 +224,27 @@ class Trainer:
             }
         )
         return payload
+
+    def resume(self, path: Path) -> bool:
+        """Continue from the checkpoint at ``path`` (a ``latest.pth`` a trainer wrote),
+        read with the strict loader (weights only, content hash verified): its model
+        configuration and stage must be this trainer's; G, D (and E) load key for key,
+        then optimisers, scaler, RNG and counters. Returns False, changing nothing, when
+        there is no checkpoint at ``path`` yet."""
+        if not Path(path).exists():
+            return False
+        ckpt = load_checkpoint(path)
+        if config_of(ckpt) != self.model.cfg or ckpt.get("stage") != self.stage:
+            raise CheckpointError(
+                f"{path}: cannot resume: it was trained with another configuration or "
+                "stage; use a new --out directory or the same params"
+            )
+        try:
+            load_weights(self.model, ckpt, require_discriminator=True)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: cannot resume: {exc}") from None
+        self.load_training_state(ckpt)
+        return True
 
     def load_training_state(self, ckpt: dict[str, Any]) -> None:
         """Restore optimisers, scaler, RNG and counters (weights are loaded separately)."""

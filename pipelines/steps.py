@@ -282,7 +282,8 @@ def export(
     onnx_model: Output[Model],
 ) -> None:
     """The whole generator as one ONNX graph (+ fp16 copy), logged to MLflow as a pyfunc
-    model and registered with evaluate's scores (``registration.json`` in the output)."""
+    model and registered with evaluate's scores (``registration.json`` in the output);
+    with ``tracking.optional`` a registry outage is recorded there instead of failing."""
     import os
     from pathlib import Path
 
@@ -300,6 +301,7 @@ def export(
         evaluation=Path(evaluation.path) / "evaluation.json",
         experiment=p.tracking.experiment,
         orchestrator="kfp",
+        tracking_optional=p.tracking.optional,
     )
     onnx_model.metadata["max_abs_diff_vs_torch"] = float(summary["max_abs_diff_vs_torch"])
     if "registered" in summary:

@@ -22,7 +22,7 @@ from PIL import Image
 from components import export
 from components.cli import main
 from components.registry import ALIAS, promote
-from model.checkpoint import model_payload, save_checkpoint
+from model.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.pix2pixhd import Pix2PixHD
 from tests.conftest import tiny_config
@@ -137,6 +137,27 @@ def test_registered_version_is_a_servable_pyfunc_model(registered, mlflow_uri, t
         export.file_sha256(ckpt)
     )
     assert mv.tags["git_sha"] and mv.run_id
+
+
+def test_registered_version_carries_the_stamped_content_hashes(registered, mlflow_uri, tmp_path):
+    """The model version's content_sha256 / onnx_sha256 tags are the hashes stamped in
+    the checkpoint and in the ONNX metadata (of the file served, downloaded back)."""
+    import mlflow
+    import onnx
+
+    from model.onnx_integrity import HASH_KEY, graph_hash
+
+    root, _, ckpt, summary = registered
+    mv = mlflow.MlflowClient().get_model_version(NAME, summary["registered"]["version"])
+    stamped = load_checkpoint(ckpt)["content_sha256"]
+    assert len(stamped) == 64 and mv.tags["content_sha256"] == stamped
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}/{mv.version}", dst_path=str(tmp_path / "m")
+    )
+    for graph in (root / "export" / "model.onnx", Path(local) / "artifacts" / "model.onnx"):
+        proto = onnx.load(str(graph))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert mv.tags["onnx_sha256"] == meta[HASH_KEY] == graph_hash(proto), graph
 
 
 def test_wrapper_imports_neither_torch_nor_the_project():

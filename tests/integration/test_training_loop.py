@@ -4,8 +4,14 @@ import math
 import pytest
 import torch
 
-from model.checkpoint import init_local_from_global, load_checkpoint, model_payload
+from model.checkpoint import (
+    init_local_from_global,
+    load_checkpoint,
+    model_payload,
+    save_checkpoint,
+)
 from model.config import DiscriminatorConfig, EncoderConfig, GeneratorConfig
+from model.errors import CheckpointError
 from model.pix2pixhd import Pix2PixHD
 from model.training import TrainConfig, Trainer, TrainHooks, TrainingDiverged, lr_factor
 from tests.conftest import tiny_config
@@ -139,14 +145,7 @@ def _fit(tmp_path, stop_after=None, resume=False):
         Pix2PixHD(LOCAL), ListDataset(5), tc, tmp_path, torch.device("cpu"), hooks=Killer()
     )
     if resume:
-        ckpt = load_checkpoint(tmp_path / "latest.pth")
-        for key, net in (
-            ("G", trainer.model.netG),
-            ("D", trainer.model.netD),
-            ("E", trainer.model.netE),
-        ):
-            net.load_state_dict(ckpt[key])
-        trainer.load_training_state(ckpt)
+        assert trainer.resume(tmp_path / "latest.pth")
     try:
         trainer.fit()
     except Stop:
@@ -238,3 +237,22 @@ def test_compiled_networks_train_like_eager(tmp_path):
         assert not any("_orig_mod" in k for k in model.state_dict())  # checkpoint keys kept
     for k, v in results[0].items():
         torch.testing.assert_close(results[1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_refuses_another_stage_or_architecture_and_waits_for_a_checkpoint(tmp_path):
+    tc = TrainConfig(niter=1, niter_decay=1, log_every=0, sample_every=0)
+
+    def trainer(stage: str = "global") -> Trainer:
+        return Trainer(Pix2PixHD(LOCAL), ListDataset(5), tc, tmp_path, torch.device("cpu"), stage)
+
+    trainer().save()  # a "global" stage checkpoint
+    other = trainer("local")
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        other.resume(tmp_path / "latest.pth")
+    assert not other.resume(tmp_path / "missing.pth") and other.state.global_step == 0
+    ckpt = load_checkpoint(tmp_path / "latest.pth")  # same config, a D of another shape
+    ckpt["D"] = {k: v[..., :1] if v.ndim == 4 else v for k, v in ckpt["D"].items()}
+    save_checkpoint(tmp_path / "bad.pth", {k: v for k, v in ckpt.items() if k != "content_sha256"})
+    with pytest.raises(CheckpointError, match=r"bad.pth: cannot resume: discriminator"):
+        trainer().resume(tmp_path / "bad.pth")
+    assert trainer().resume(tmp_path / "latest.pth")

@@ -249,6 +249,39 @@ def test_results_show_in_kubeflow_and_side_effects_are_not_cached(compiled):
     assert run_ids == {"{{$.pipeline_job_uuid}}"}  # one MLflow tag for the execution
 
 
+@pytest.mark.parametrize("optional", [False, True])
+def test_compiled_export_task_passes_tracking_optional(optional, compiled, tmp_path, monkeypatch):
+    """The export task's code, as compiled into the spec, hands tracking.optional (from
+    params.yaml and the overrides) to the step, like the CLI does."""
+    from types import SimpleNamespace
+
+    import components.export
+
+    command = compiled[0]["deploymentSpec"]["executors"]["exec-export"]["container"]["command"]
+    source = command[-1][command[-1].index("import kfp\n") :]
+    namespace: dict = {}
+    exec(compile(source, "exec-export", "exec"), namespace)  # the function the pod runs
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return {"max_abs_diff_vs_torch": 0.0}
+
+    monkeypatch.setattr(components.export, "run", fake_run)
+    monkeypatch.delenv("PIX2PIXHD_PIPELINE_RUN", raising=False)
+    model = SimpleNamespace(path=str(tmp_path / "onnx"), metadata={})
+    namespace["export"](
+        params_yaml=(ROOT / "params.yaml").read_text(),
+        overrides=[f"tracking.optional={str(optional).lower()}"],
+        tracking_uri="",
+        pipeline_run="r",
+        generator=SimpleNamespace(path=str(tmp_path / "g")),
+        evaluation=SimpleNamespace(path=str(tmp_path / "e")),
+        onnx_model=model,
+    )
+    assert seen["tracking_optional"] is optional and seen["orchestrator"] == "kfp"
+
+
 def test_compile_requires_pinned_images(tmp_path, capsys):
     from model.errors import ConfigError
 
