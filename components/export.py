@@ -24,7 +24,7 @@ from components.tracking import Tracker, run_tags
 from model.checkpoint import build_model, load_checkpoint
 from model.errors import InputError
 from model.export import example_inputs, export_onnx, graph_hash, input_names, load_verified
-from model.fileio import StagedFiles, prepare_out_file, write_json
+from model.fileio import StagedFiles, prepare_out_file, write_json, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def run(
 
     Args:
         checkpoint: the generator checkpoint (features' ``model.pth``).
-        out: the ``model.onnx`` to write; ``model_fp16.onnx``, ``export_summary.json`` and
-            ``registration.json`` go beside it.
+        out: the ``model.onnx`` to write; ``model_fp16.onnx``, ``export_summary.json``
+            (its numbers also in ``metrics.json``) and ``registration.json`` go beside it.
         fp16: also write the fp16 copy for GPU serving.
         tracking: log and register the pyfunc model in MLflow.
         tracking_uri: MLflow URI (default: MLflow's own default).
@@ -205,7 +205,7 @@ def run(
         summary["checkpoint_sha256"] = ckpt_sha
         if tracking:
             summary.update(
-                _register(
+                _log_and_register(
                     model,
                     graph,
                     checkpoint,
@@ -228,6 +228,7 @@ def run(
                 summary["registered"] = {"registered": False, "reason": reason}
             if "registered" in summary:
                 write_json(staged.path(registration_file.name), summary["registered"], indent=None)
+        write_metrics(staged.path("metrics.json"), summary)  # its numbers only
         write_json(staged.path("export_summary.json"), summary)
         staged.commit()
     log.info("exported %s (max |onnx - torch| = %.2e)", out, summary["max_abs_diff_vs_torch"])
@@ -277,9 +278,9 @@ def _export_graphs(
     return summary, graph
 
 
-def _register(
+def _log_and_register(
     model: Any,
-    graph: Path,
+    onnx_path: Path,
     checkpoint: Path,
     ckpt: dict[str, Any],
     ckpt_sha: str,
@@ -300,34 +301,6 @@ def _register(
     if existing is not None:
         log.info("%s v%s already serves this checkpoint: not registered again", name, existing)
         return {"registered": {"name": name, "version": existing, "reused": True}}
-    return _log_and_register(
-        model,
-        graph,
-        checkpoint,
-        ckpt,
-        ckpt_sha,
-        evaluated,
-        max_diff,
-        tracking_uri,
-        experiment,
-        orchestrator,
-    )
-
-
-def _log_and_register(
-    model: Any,
-    onnx_path: Path,
-    checkpoint: Path,
-    ckpt: dict[str, Any],
-    ckpt_sha: str,
-    evaluated: dict[str, Any] | None,
-    max_diff: float,
-    tracking_uri: str | None,
-    experiment: str,
-    orchestrator: str | None,
-) -> dict[str, Any]:
-    from components import registry
-
     tracker = Tracker(tracking_uri=tracking_uri)
     tags = run_tags("export", orchestrator, checkpoint_sha256=ckpt_sha)
     if evaluated:

@@ -15,7 +15,7 @@ from model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import FeatureConfig, cluster_features, instance_features
-from model.fileio import prepare_out_dir, write_json
+from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.labels import LABELS
 from model.palette import load_palette
 
@@ -39,7 +39,8 @@ def run(
     Args:
         checkpoint: the local stage's ``latest.pth``.
         data: the dataset root (its train split is encoded).
-        out: the output directory (``model.pth``, ``features_summary.json``).
+        out: the output directory (``model.pth``, ``features_summary.json`` and its
+            numbers in ``metrics.json``).
         cfg: clusters per class, the minimum instance area, the seed.
         layout: the dataset layout (``auto``: detected).
         batch_size: images per encoder batch.
@@ -59,6 +60,7 @@ def run(
             "checkpoint": str(target),
         }
         write_json(out / "features_summary.json", summary)
+        write_metrics(out / "metrics.json", summary)
         return summary
     width, height = ckpt.get("image_size") or (None, None)
     lay = detect_layout(data) if layout == "auto" else layout
@@ -94,5 +96,6 @@ def run(
         "classes": {_NAMES.get(c, str(c)): int(v.shape[0]) for c, v in centres.items()},
     }
     write_json(out / "features_summary.json", summary)
+    write_metrics(out / "metrics.json", summary)  # its numbers only
     log.info("clustered %d classes into %s", len(centres), target)
     return summary

@@ -9,7 +9,7 @@ from typing import Any
 from components import registry
 from model.config import check_number
 from model.errors import InputError
-from model.fileio import prepare_out_file, write_json
+from model.fileio import prepare_out_file, write_json, write_metrics
 
 
 def run(
@@ -30,7 +30,8 @@ def run(
         registration: export's registration.json, naming the model and version.
         metric: the version tag compared (written by export from evaluate's scores).
         min_delta: how much the candidate must beat the champion by.
-        out: where to write the decision as JSON (optional).
+        out: where to write the decision as JSON (optional); its numbers (the scores
+            compared, ``min_delta``) also go to ``<out stem>_metrics.json`` beside it.
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own default).
 
     Returns:
@@ -47,6 +48,7 @@ def run(
             )
         name, version = registry.read_registration(registration)
     result = registry.promote(name, version, metric, min_delta, tracking_uri)
-    if out is not None:
+    if out is not None:  # the decision; its numbers also in <out>_metrics.json
         write_json(out, result)
+        write_metrics(out.with_name(out.stem + "_metrics.json"), result)
     return result

@@ -25,7 +25,7 @@ from components.params import SegmenterParams
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
-from model.fileio import prepare_out_dir, write_json
+from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
 from model.palette import load_palette
 from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
@@ -136,7 +136,8 @@ def run(
         "val_real_mean_iou": oracle.get("mean_iou"),
         "final_loss": history[-1]["loss"] if history else None,
     }
-    write_json(out / "metrics.json", summary)
+    write_json(out / "summary.json", summary)
+    write_metrics(out / "metrics.json", summary)  # its numbers only
     write_json(out / "iou_per_class.json", oracle.get("iou_per_class", {}))
     log.info("segmenter: val mIoU on real photos %.3f", summary["val_real_mean_iou"] or 0)
     return summary

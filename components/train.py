@@ -1,7 +1,9 @@
 """Step `train`: one stage of pix2pixHD training (global, then local), tracked in MLflow.
 
 Writes into ``out``: ``latest.pth`` (the checkpoint: weights, optimisers, scaler, RNG,
-counters), ``losses.csv`` (for DVC plots), ``metrics.json``, ``samples.png``.
+counters), ``losses.csv`` (for DVC plots), ``metrics.json`` (numbers only: epochs,
+iterations, time, final losses), ``summary.json`` (the same with the checkpoint path,
+image size, precision and MLflow run), ``samples.png``.
 Under ``torchrun`` it trains data-parallel (NCCL on GPU, gloo on CPU); rank 0 logs and
 writes checkpoints.
 """
@@ -32,7 +34,7 @@ from model.datasets import PairedDataset, check_sample_sizes, detect_layout, fin
 from model.device import resolve_device
 from model.encoding import check_size
 from model.errors import ConfigError, InputError
-from model.fileio import atomic_open, prepare_out_dir, write_json
+from model.fileio import atomic_open, prepare_out_dir, write_json, write_metrics
 from model.image_io import write_png
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -136,7 +138,7 @@ def run(
             size) or ``local`` (the whole generator, initialised from ``init_checkpoint``).
         data: the dataset root.
         out: the output directory (``latest.pth``, ``losses.csv``, ``samples.png``,
-            ``metrics.json``).
+            ``metrics.json``, ``summary.json``).
         init_checkpoint: the global stage's ``latest.pth`` (stage local).
         resume: continue from ``out/latest.pth`` when it exists.
         boundaries: precomputed instance boundary maps (optional).
@@ -246,10 +248,12 @@ def run(
             summary.update(
                 checkpoint=str(latest), image_size=[width, height], mlflow_run_id=tracker.run_id
             )
-            write_json(out / "metrics.json", summary)
+            write_json(out / "summary.json", summary)
+            write_metrics(out / "metrics.json", summary)  # its numbers only
             tracker.log_image(grid, "samples/final.png")
             tracker.log_artifact(latest, "checkpoint")
             tracker.log_artifact(out / "metrics.json")
+            tracker.log_artifact(out / "summary.json")
         status = "FINISHED"
     finally:
         tracker.end(status)

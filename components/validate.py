@@ -7,9 +7,10 @@ suite states what they must be. On a broken contract: ``report.txt`` naming each
 and measured value, the Great Expectations result as JSON and as the library's Data Docs
 HTML, and ``manifest.json``; exit 2. On drift only (``--reference``): the same report,
 exit 1. On success: ``summary.json`` (counts, class histogram, training profile, dataset
-hash), ``manifest.json`` and the result JSON/HTML. The files are replaced as one set
-(a run that fails while writing leaves the previous set), and the verdict of an earlier
-run (``summary.json`` or ``report.txt``) never stays beside a new one.
+hash; its numbers in ``metrics.json``), ``manifest.json`` and the result JSON/HTML. The
+files are replaced as one set (a run that fails while writing leaves the previous set),
+and the verdict of an earlier run (``summary.json`` or ``report.txt``) never stays
+beside a new one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from model.datasets import (
     role_dirs,
 )
 from model.errors import InputError, Pix2PixHDError
-from model.fileio import StagedFiles, prepare_out_dir, write_json, write_text
+from model.fileio import StagedFiles, prepare_out_dir, write_json, write_metrics, write_text
 from model.image_io import open_image, sample_stem
 from model.palette import Palette, decode, describe_unknown, load_palette
 
@@ -277,20 +278,26 @@ def _write_set(
     result_json: dict[str, Any],
     html: str | None,
     rows: list[dict[str, Any]],
-    verdict: tuple[str, str],
+    summary: dict[str, Any] | None,
+    failures: list[str],
 ) -> None:
     """Replace the report set as one: the result JSON (and HTML), the manifest and the
-    verdict (``summary.json`` on success, ``report.txt`` on failure); the other verdict
-    of an earlier run is removed, so a stale one never stays beside the new set."""
-    name, content = verdict
+    verdict (on success ``summary.json`` and its numbers in ``metrics.json``, on
+    failure ``report.txt`` with the ``failures``); the other verdict of an earlier run
+    is removed, so a stale one never stays beside the new set."""
     with StagedFiles(out) as staged:
         write_json(staged.path("great_expectations_result.json"), result_json, indent=2)
         if html is not None:
             write_text(staged.path("great_expectations_result.html"), html)
-        write_text(staged.path(name), content)
+        if summary is not None:  # success: the summary and its numbers
+            write_metrics(staged.path("metrics.json"), summary)
+            write_json(staged.path("summary.json"), summary, indent=2)
+        else:
+            write_text(staged.path("report.txt"), "\n".join(failures) + "\n")
         write_json(staged.path("manifest.json"), rows, indent=1)
-        stale = "report.txt" if name == "summary.json" else "summary.json"
-        (out / stale).unlink(missing_ok=True)
+        stale = ["report.txt"] if summary is not None else ["summary.json", "metrics.json"]
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
         staged.commit()
 
 
@@ -377,7 +384,7 @@ def run(
     timings["gx_data_docs_cpu"] = time.process_time() - c3
     lines = contract.failures(result_json, rows, str(data))
     if not result_json.get("success"):
-        _write_set(out, result_json, page, rows, ("report.txt", "\n".join(lines) + "\n"))
+        _write_set(out, result_json, page, rows, None, lines)
         shown = "\n  ".join(lines[:20])
         more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
         if contract.is_drift(result_json):
@@ -415,8 +422,7 @@ def run(
     }
     if ref is not None:
         summary["reference"] = str(reference)
-    verdict = json.dumps(summary, indent=2, default=str) + "\n"
-    _write_set(out, result_json, page, rows, ("summary.json", verdict))
+    _write_set(out, result_json, page, rows, summary, [])
     timings = {k: round(v, 3) for k, v in timings.items()}
     log.info(
         "validated %d samples against %d expectations: ok (hash %s); read %.2f s, "

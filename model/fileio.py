@@ -110,6 +110,29 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
+def numbers_only(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a (nested) summary, for a metrics file: nested mappings keep their
+    numbers, everything else (paths, ids, names, sentences, flags, lists) is left out,
+    so ``{"a": {"x": 1, "path": "p"}, "id": "r"}`` -> ``{"a": {"x": 1}}``."""
+    numbers: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            nested = numbers_only(value)
+            if nested:
+                numbers[key] = nested
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            numbers[key] = value
+    return numbers
+
+
+def write_metrics(path: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the numbers of ``summary`` to the metrics file ``path`` (the whole summary,
+    with its paths and ids, goes to a JSON file of its own); returns them."""
+    numbers = numbers_only(summary)
+    write_json(path, numbers)
+    return numbers
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

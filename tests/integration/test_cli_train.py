@@ -15,6 +15,7 @@ import torch
 from components import synth
 from components.cli import main
 from model.checkpoint import load_checkpoint
+from model.fileio import numbers_only
 
 TINY = [
     "data.width=64",
@@ -123,14 +124,16 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch,
         )
         == 0
     )
-    metrics = json.loads((g / "metrics.json").read_text())
-    assert metrics["iterations"] == 36 and metrics["image_size"] == [32, 16]
+    metrics = json.loads((g / "metrics.json").read_text())  # numbers only
+    summary = json.loads((g / "summary.json").read_text())  # with paths and ids
+    assert metrics["iterations"] == 36 and summary["image_size"] == [32, 16]
+    assert metrics == numbers_only(summary) and "mlflow_run_id" not in metrics
     assert (g / "samples.png").is_file()
 
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    run = client.get_run(metrics["mlflow_run_id"])
+    run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["model.generator.ngf"] == "8"  # the global part of ngf 4 x 2
     assert run.data.params["train.niter"] == "2"
     assert run.data.tags["orchestrator"] == "cli" and run.data.tags["stage"] == "global"
@@ -256,6 +259,8 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch,
         == 0
     )
     assert json.loads(decision.read_text())["promoted"] is True
+    decided = json.loads((tmp_path / "promote_metrics.json").read_text())
+    assert decided == numbers_only(json.loads(decision.read_text())) and "mean_iou" in decided
     champion = client.get_model_version_by_alias("pix2pixhd-generator", "champion")
     assert str(champion.version) == registration["version"]
     assert champion.tags["promotion"] == "passed"

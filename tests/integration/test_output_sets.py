@@ -81,7 +81,7 @@ STEPS = {
     ),
     "export": (
         _export,
-        ["model.onnx", "model_fp16.onnx", "export_summary.json"],
+        ["model.onnx", "model_fp16.onnx", "metrics.json", "export_summary.json"],
         "components.export",
     ),
     "validate": (
@@ -89,6 +89,7 @@ STEPS = {
         [
             "great_expectations_result.json",
             "great_expectations_result.html",
+            "metrics.json",
             "summary.json",
             "manifest.json",
         ],
