@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,6 +35,24 @@ def tiny_config(**overrides) -> ModelConfig:
     )
     base.update(overrides)
     return ModelConfig(**base)
+
+
+def save_tiny_segmenter(path: Path) -> Path:
+    """An untrained light PSPNet saved as the segmenter step saves it."""
+    from components.params import SegmenterParams
+    from components.segmenter import pspnet_config
+    from model.checkpoint import save_checkpoint
+    from model.pspnet import PSPNet
+
+    params = SegmenterParams(backbone="light")
+    return save_checkpoint(
+        path,
+        {
+            "kind": "segmenter",
+            "segmenter_params": dataclasses.asdict(params),
+            "state_dict": PSPNet(pspnet_config(params)).state_dict(),
+        },
+    )
 
 
 @pytest.fixture

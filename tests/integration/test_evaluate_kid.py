@@ -5,22 +5,19 @@ space still scores and evaluation.json says why the other is missing."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from components import evaluate, synth
-from components.params import SegmenterParams
-from components.segmenter import load_segmenter, pspnet_config
+from components.segmenter import load_segmenter
 from model import kid as kid_module
 from model.checkpoint import model_payload, save_checkpoint
 from model.datasets import PairedDataset, find_samples
 from model.kid import SegmenterFeatures, kid
 from model.pix2pixhd import Pix2PixHD
-from model.pspnet import PSPNet
-from tests.conftest import tiny_config
+from tests.conftest import save_tiny_segmenter, tiny_config
 
 SIZE = (64, 32)
 
@@ -33,15 +30,7 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     model = Pix2PixHD(tiny_config(label_nc=35), with_discriminator=False).eval()
     ckpt = save_checkpoint(root / "g.pth", {**model_payload(model), "image_size": list(SIZE)})
-    p = SegmenterParams(backbone="light")
-    seg = save_checkpoint(
-        root / "seg.pth",
-        {
-            "kind": "segmenter",
-            "segmenter_params": dataclasses.asdict(p),
-            "state_dict": PSPNet(pspnet_config(p)).state_dict(),
-        },
-    )
+    seg = save_tiny_segmenter(root / "seg.pth")
     return data, model, ckpt, seg
 
 

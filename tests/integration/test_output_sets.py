@@ -4,21 +4,17 @@ for byte, and no temporaries."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from pathlib import Path
 
 import pytest
 
 from components import synth
-from components.params import SegmenterParams
-from components.segmenter import pspnet_config
 from model.checkpoint import model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.fileio import TMP_SUFFIX
 from model.pix2pixhd import Pix2PixHD
-from model.pspnet import PSPNet
-from tests.conftest import tiny_config
+from tests.conftest import save_tiny_segmenter, tiny_config
 
 SIZE = (64, 32)
 
@@ -36,15 +32,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     gen = GeneratorConfig(ngf=2, n_downsample_global=1, n_blocks_global=1)
     model = Pix2PixHD(tiny_config(label_nc=35, generator=gen), with_discriminator=False)
     ckpt = save_checkpoint(root / "g.pth", {**model_payload(model), "image_size": list(SIZE)})
-    seg_params = SegmenterParams(backbone="light")
-    seg = save_checkpoint(
-        root / "seg.pth",
-        {
-            "kind": "segmenter",
-            "segmenter_params": dataclasses.asdict(seg_params),
-            "state_dict": PSPNet(pspnet_config(seg_params)).state_dict(),
-        },
-    )
+    seg = save_tiny_segmenter(root / "seg.pth")
     return {"data": data, "checkpoint": ckpt, "segmenter": seg}
 
 
