@@ -365,6 +365,7 @@ def main() -> None:
             "vgg_weights": args.vgg_weights,
         }
         r = run_case(__file__, [json.dumps(specs[name]), str(seed), json.dumps(extra)])
+        (args.out / f"{name}_s{seed}.json").write_text(json.dumps(r, indent=2) + "\n")
         print(
             json.dumps(
                 {k: r[k] for k in ("variant", "seed", "iterations", "train_cpu_s")}
