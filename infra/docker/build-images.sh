@@ -37,7 +37,8 @@ if [ "$SOURCE" = wheelhouse ]; then
   fi
   nodeps=$(grep -v '^#' infra/docker/requirements-no-deps.txt)
   if [ "$nodeps" != "$(cat "$WHEELHOUSE/.requirements-no-deps" 2>/dev/null)" ]; then
-    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" -r infra/docker/requirements-no-deps.txt
+    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" \
+      -r infra/docker/requirements-no-deps.txt 2> >(grep -v 'is ignored: it is neither' >&2)
     echo "$nodeps" >"$WHEELHOUSE/.requirements-no-deps"
   fi
   "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" >/dev/null 2>&1 &
