@@ -21,6 +21,35 @@ from tests.servers import (  # noqa: F401 (fixtures: PostgreSQL + MLflow servers
     start_mlflow_server,
 )
 
+# `pipeline run --arg` values of the tiny DAG (the local kfp runs, outside and in containers)
+TINY_PIPELINE_ARGS = (
+    "num_train=4",
+    "num_val=2",
+    "width=128",
+    "height=64",
+    "niter_global=1",
+    "niter_decay_global=0",
+    "niter_local=1",
+    "niter_decay_local=0",
+    'overrides=["segmenter.epochs=1", "train_local.niter_fix_global=0"]',
+)
+
+
+def write_label_maps(folder: Path, count: int, size: tuple[int, int], classes: int = 6) -> Path:
+    """``count`` random Cityscapes-layout label + instance maps (size = (H, W)) in ``folder``;
+    instance ids are label * 1000 + 0 or 1. Seeded: the same call writes the same files."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        lab = rng.integers(0, classes, size).astype(np.uint8)
+        Image.fromarray(lab).save(folder / f"s{i}_gtFine_labelIds.png")
+        inst = (lab.astype(np.uint16) * 1000 + rng.integers(0, 2, lab.shape)).astype(np.uint16)
+        Image.fromarray(inst).save(folder / f"s{i}_gtFine_instanceIds.png")
+    return folder
+
 
 def tiny_config(**overrides) -> ModelConfig:
     """A tiny model: ngf 4-8, for 32x64 images."""

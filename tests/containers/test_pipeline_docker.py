@@ -10,18 +10,7 @@ from pathlib import Path
 import torch
 
 from components.cli import main
-
-TINY = (
-    "num_train=4",
-    "num_val=2",
-    "width=128",
-    "height=64",
-    "niter_global=1",
-    "niter_decay_global=0",
-    "niter_local=1",
-    "niter_decay_local=0",
-    'overrides=["segmenter.epochs=1", "train_local.niter_fix_global=0"]',
-)
+from tests.conftest import TINY_PIPELINE_ARGS
 
 
 def run_pipeline(root: Path, runner: str, images: dict[str, str]) -> Path:
@@ -29,7 +18,7 @@ def run_pipeline(root: Path, runner: str, images: dict[str, str]) -> Path:
     if runner == "docker":
         args += ["--image", images["cpu"], "--gpu-image", images["cuda"]]
     # MLflow's database in the pipeline root: the runs of both runners are kept apart
-    for a in (*TINY, f"tracking_uri=sqlite:///{root}/mlflow.db"):
+    for a in (*TINY_PIPELINE_ARGS, f"tracking_uri=sqlite:///{root}/mlflow.db"):
         args += ["--arg", a]
     assert main(args) == 0
     return next(p for p in root.iterdir() if p.is_dir() and p.name.startswith("pix2pixhd"))

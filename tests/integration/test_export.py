@@ -14,7 +14,7 @@ from model.checkpoint import model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.export import example_inputs
 from model.pix2pixhd import Pix2PixHD
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_label_maps
 
 CFG = tiny_config(
     use_instance_features=True,
@@ -67,14 +67,7 @@ def test_graph_inputs_metadata_and_parity(exported):
 
 def test_generate_with_onnx_equals_pytorch(exported, tmp_path):
     root, _, ckpt, _ = exported
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        lab = rng.integers(0, 6, (24, 40)).astype(np.uint8)
-        Image.fromarray(lab).save(labels / f"s{i}_gtFine_labelIds.png")
-        inst = (lab.astype(np.uint16) * 1000 + rng.integers(0, 2, lab.shape)).astype(np.uint16)
-        Image.fromarray(inst).save(labels / f"s{i}_gtFine_instanceIds.png")
+    labels = write_label_maps(tmp_path / "labels", 2, (24, 40))
     common = ["--labels", str(labels), "--instances", str(labels), "--seed", "5"]
     assert (
         main(

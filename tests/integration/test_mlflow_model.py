@@ -25,7 +25,7 @@ from components.registry import ALIAS, promote
 from model.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.pix2pixhd import Pix2PixHD
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_label_maps
 from tests.servers import free_port, wait_http
 
 CFG = tiny_config(
@@ -232,14 +232,7 @@ def test_serve_champion_by_alias_and_generate_with_model(registered, mlflow_uri,
         log.close()
 
     # generate --model works like --onnx (same seeds: the same features are drawn)
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        lab = rng.integers(0, 6, (20, 36)).astype(np.uint8)
-        Image.fromarray(lab).save(labels / f"s{i}_gtFine_labelIds.png")
-        ids = (lab.astype(np.uint16) * 1000 + rng.integers(0, 2, lab.shape)).astype(np.uint16)
-        Image.fromarray(ids).save(labels / f"s{i}_gtFine_instanceIds.png")
+    labels = write_label_maps(tmp_path / "labels", 2, (20, 36))
     common = ["--labels", str(labels), "--instances", str(labels), "--seed", "5"]
     onnx_path = root / "export" / "model.onnx"
     assert main(["generate", "--onnx", str(onnx_path), "--out", str(tmp_path / "o"), *common]) == 0

@@ -49,6 +49,25 @@ from model.image_io import write_png
 from model.pix2pixhd import Pix2PixHD
 from tests.conftest import tiny_config
 
+# a global-only model small enough to train a few steps in a second
+GLOBAL_TINY = [
+    "data.width=64",
+    "data.height=32",
+    "model.generator.n_local_enhancers=0",
+    "model.generator.ngf=4",
+    "model.generator.n_downsample_global=2",
+    "model.generator.n_blocks_global=1",
+    "model.discriminator.ndf=4",
+    "model.discriminator.n_layers_D=1",
+    "model.discriminator.num_D=1",
+    "model.loss.use_vgg_loss=false",
+]
+
+
+def _set_args(sets: list[str]) -> list[str]:
+    return [arg for s in sets for arg in ("--set", s)]
+
+
 CFG = tiny_config(label_nc=35)  # global generator, 2 D scales, for 64x32 images
 SIZE = (64, 32)
 
@@ -312,16 +331,7 @@ def test_non_finite_weights_never_reach_a_checkpoint(bad, where, tmp_path):
 def test_diverging_training_keeps_the_last_finite_checkpoint(lr, data, tmp_path, capsys):
     args = ["train", "--stage", "global", "--data", str(data), "--out", str(tmp_path / "o")]
     sets = [
-        "data.width=64",
-        "data.height=32",
-        "model.generator.n_local_enhancers=0",
-        "model.generator.ngf=4",
-        "model.generator.n_downsample_global=2",
-        "model.generator.n_blocks_global=1",
-        "model.discriminator.ndf=4",
-        "model.discriminator.n_layers_D=1",
-        "model.discriminator.num_D=1",
-        "model.loss.use_vgg_loss=false",
+        *GLOBAL_TINY,
         "train_global.niter=2",
         "train_global.niter_decay=0",
         "train_global.checkpoint_every=1",
@@ -329,7 +339,7 @@ def test_diverging_training_keeps_the_last_finite_checkpoint(lr, data, tmp_path,
     ]
     if lr != ".inf":
         sets.append(f"train_global.lr={lr}")
-        code = main([*args, "--no-tracking", *[a for s in sets for a in ("--set", s)]])
+        code = main([*args, "--no-tracking", *_set_args(sets)])
         line = _one_line_error(capsys, code)
         assert "NaN or Inf" in line or "non-finite" in line
         latest = tmp_path / "o" / "latest.pth"
@@ -338,7 +348,7 @@ def test_diverging_training_keeps_the_last_finite_checkpoint(lr, data, tmp_path,
             assert all(torch.isfinite(v).all() for v in ckpt["G"].values())
     else:  # lr inf is an invalid hyper-parameter: refused before any work
         sets.append("train_global.lr=.inf")
-        code = main([*args, "--no-tracking", *[a for s in sets for a in ("--set", s)]])
+        code = main([*args, "--no-tracking", *_set_args(sets)])
         assert "lr must be a finite number > 0" in _one_line_error(capsys, code)
         assert not (tmp_path / "o").exists()
 
@@ -916,16 +926,7 @@ def test_relabelling_a_thing_class_keeps_instances_apart(to):
 @pytest.mark.parametrize("log_every", [1000, 7])
 def test_losses_csv_even_when_log_every_exceeds_the_run(log_every, data, tmp_path):
     sets = [
-        "data.width=64",
-        "data.height=32",
-        "model.generator.n_local_enhancers=0",
-        "model.generator.ngf=4",
-        "model.generator.n_downsample_global=2",
-        "model.generator.n_blocks_global=1",
-        "model.discriminator.ndf=4",
-        "model.discriminator.n_layers_D=1",
-        "model.discriminator.num_D=1",
-        "model.loss.use_vgg_loss=false",
+        *GLOBAL_TINY,
         "train_global.niter=1",
         "train_global.niter_decay=0",
         f"train_global.log_every={log_every}",
@@ -942,7 +943,7 @@ def test_losses_csv_even_when_log_every_exceeds_the_run(log_every, data, tmp_pat
             "--out",
             str(out),
             "--no-tracking",
-            *[a for s in sets for a in ("--set", s)],
+            *_set_args(sets),
         ]
     )
     assert code == 0

@@ -12,6 +12,7 @@ import yaml
 from components.cli import main
 from pipelines import trainjob
 from pipelines.dag import ClusterSettings, compile_pipeline
+from tests.conftest import TINY_PIPELINE_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_IMAGE = "registry.example.com/ml/pix2pixhd-cpu@sha256:" + "a" * 64
@@ -192,18 +193,7 @@ def test_local_kfp_run_of_the_tiny_configuration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the cwd
     root = tmp_path / "root"
     args = ["pipeline", "run", "--local", "--pipeline-root", str(root)]
-    for a in (
-        "num_train=4",
-        "num_val=2",
-        "width=128",
-        "height=64",
-        "niter_global=1",
-        "niter_decay_global=0",
-        "niter_local=1",
-        "niter_decay_local=0",
-        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        'overrides=["segmenter.epochs=1", "train_local.niter_fix_global=0"]',
-    ):
+    for a in (*TINY_PIPELINE_ARGS, f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"):
         args += ["--arg", a]
     assert main(args) == 0
     run = next(root.iterdir())
