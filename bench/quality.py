@@ -59,6 +59,7 @@ BASE = dict(
     batch=4,
     lr=2e-4,
     instance_map=True,
+    precision="fp32",  # auto: bf16 autocast on a CPU with AVX512-BF16/AMX (as the demo)
 )
 VARIANTS = {
     "full": {},
@@ -175,7 +176,14 @@ def one(spec_json: str, seed: str, args_json: str) -> dict:
     train = PairedDataset(
         find_samples(data, "cityscapes", "train", True), 35, w, h, flip=True, seed=s
     )
-    tc = TrainConfig(batch_size=spec["batch"], lr=spec["lr"], seed=s, log_every=1, sample_every=0)
+    tc = TrainConfig(
+        batch_size=spec["batch"],
+        lr=spec["lr"],
+        seed=s,
+        precision=spec["precision"],
+        log_every=1,
+        sample_every=0,
+    )
     trainer = Trainer(model, train, tc, Path(a["out"]), torch.device("cpu"))
     budget = float(a["budget"])
     order = torch.Generator().manual_seed(s)
@@ -348,7 +356,7 @@ def main() -> None:
             k, _, v = item.partition("=")
             if k not in BASE:
                 sys.exit(f"--spec {text}: unknown key {k!r} (known: {', '.join(BASE)})")
-            spec[k] = type(BASE[k])(json.loads(v)) if k != "generator" else v
+            spec[k] = v if isinstance(BASE[k], str) else type(BASE[k])(json.loads(v))
         specs[name] = spec
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
