@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.ndimage import binary_erosion
 
 from model.labels import LABELS, NAME_TO_ID, colorize, train_id_lut
 from model.synth import CAR, render_scene
@@ -67,16 +68,8 @@ def test_photo_textures_are_smooth_without_per_pixel_grain():
     for seed in range(4):
         scene = render_scene(np.random.default_rng([0, 0, seed]), 256, 128)
         photo, label = scene.photo.astype(int), scene.label
-        inside = np.zeros_like(label, bool)  # pixels whose 5x5 neighbourhood is all road
-        road = label == NAME_TO_ID["road"]
-        inside[2:-2, 2:-2] = np.all(
-            [
-                road[2 + dy : road.shape[0] - 2 + dy, 2 + dx : road.shape[1] - 2 + dx]
-                for dy in range(-2, 3)
-                for dx in range(-2, 3)
-            ],
-            axis=0,
-        )
+        # pixels whose 5x5 neighbourhood is all road (away from region edges)
+        inside = binary_erosion(label == NAME_TO_ID["road"], np.ones((5, 5), bool))
         step = np.abs(photo[:, 1:] - photo[:, :-1]).max(-1)
         both = inside[:, 1:] & inside[:, :-1]
         steps.append(step[both])
