@@ -283,10 +283,12 @@ class Trainer:
             if self._last_saved_step is not None
             else "no checkpoint was written"
         )
+        section = f"train_{self.stage}"  # the params section of this stage
         return TrainingDiverged(
             f"{what} at epoch {self.state.epoch + 1}, iteration "
             f"{self.state.global_step if iteration is None else iteration}{detail}; "
-            f"{last}. Try a lower train.lr, or precision fp32/bf16 instead of fp16"
+            f"{last}. Try a lower {section}.lr, or {section}.precision fp32 or bf16 "
+            "instead of fp16"
         )
 
     def save(self, name: str = "latest.pth") -> Path | None:
