@@ -2,7 +2,13 @@
 values, ``--set section.key=value`` overrides them. Unknown keys are errors naming the key.
 
 Dataclass defaults are the paper's two-stage Cityscapes recipe; params.yaml holds the
-small CPU demo configuration.
+small CPU demo configuration. A variant (params.quality.yaml, params.cityscapes.yaml)
+names its base with a top-level ``extends: params.yaml`` (a path relative to the
+variant) and lists only what differs from it: ``load_params`` deep-merges the chain,
+base first; ``resolved_yaml`` gives the merged params as one self-contained YAML text
+(what the pipeline compiler bakes in, and what a DVC run writes over params.yaml).
+Field meanings are the comments beside (or above) each field, rendered to docs/params.md
+by ``components.params_doc``.
 
 A leaf: this module imports only ``model.config``, ``model.errors`` and yaml (no torch,
 no step module), so validating params and compiling the pipeline stay fast. Every
@@ -36,14 +42,19 @@ from model.fileio import read_text
 
 @dataclass(frozen=True)
 class DataParams:
-    num_train: int = 200
-    num_val: int = 40
-    width: int = 2048  # final (local stage) training size; the global stage uses half
-    height: int = 1024
-    seed: int = 0
-    layout: str = "cityscapes"
-    label_nc: int = 35
-    use_instance_map: bool = True
+    """The dataset: the synthetic one ``data synth`` renders, and how any dataset is read
+    and sized for training."""
+
+    num_train: int = 200  # training samples data synth renders
+    num_val: int = 40  # validation samples data synth renders
+    # image width: data synth renders it, the final (local) stage and the segmenter train
+    # at it; the global stage trains at width / 2^n_local_enhancers
+    width: int = 2048
+    height: int = 1024  # image height (as width)
+    seed: int = 0  # the synthetic scenes' random draws
+    layout: str = "cityscapes"  # dataset directory layout: cityscapes | folder | rgb | auto
+    label_nc: int = 35  # label ids 0 .. label_nc - 1, one-hot encoded; 0: RGB label images
+    use_instance_map: bool = True  # instance maps' boundaries as an extra input channel
     # training preprocessing, the reference's resize_or_crop: resize | resize_and_crop |
     # scale_width | scale_width_and_crop | crop | none (model.datasets.preprocess_size)
     preprocess: str = "resize"
@@ -58,9 +69,9 @@ class ValidateParams:
     frequency f, more than min_delta away from it, and more than drift_z standard errors
     (the training per-sample sd / sqrt(new samples)) away from it."""
 
-    drift_ratio: float = 1.5
-    drift_min_delta: float = 0.01
-    drift_z: float = 3.0
+    drift_ratio: float = 1.5  # drifted when outside [f / drift_ratio, f * drift_ratio]
+    drift_min_delta: float = 0.01  # and more than this (a fraction of the pixels) away from f
+    drift_z: float = 3.0  # and more than this many standard errors away from f
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class ModelParams:
     final discriminator (paper 1024p: 3 scales). The global stage uses the global part
     and num_D - n_local_enhancers scales."""
 
+    # train the instance-feature encoder E, whose per-instance features (clustered by the
+    # features step) are extra generator inputs: multi-modal synthesis and editing
     use_instance_features: bool = False
     generator: GeneratorConfig = field(
         default_factory=lambda: GeneratorConfig(ngf=32, n_local_enhancers=1)
@@ -80,14 +93,17 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class SegmenterParams:
+    """The frozen PSPNet that scores generated images (the paper's semantic metric):
+    published weights, or one trained here on the real photos (SGD, poly lr)."""
+
     backbone: str = "resnet50"  # resnet50 | resnet101 (published) | light (CPU)
     weights: str = ""  # a published semseg checkpoint; empty: train one here
-    epochs: int = 50
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
+    epochs: int = 50  # training epochs (only without weights)
+    batch_size: int = 8  # training batch size
+    lr: float = 0.01  # initial SGD learning rate (poly decay, power 0.9)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    seed: int = 0  # initialisation, shuffling, crop and flip draws
     train_crop: int = 0  # square random training crops (author: 713); 0 = whole image
     crop: int = 0  # evaluation sliding window (author: 713); 0 = whole image
     flip: bool = False  # evaluation flip averaging
@@ -101,8 +117,11 @@ class SegmenterParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    """Scoring a generator on the val split: segmentation of generated images (mIoU,
+    pixel accuracy), FID/KID, sample grid."""
+
     model_name: str = "pix2pixhd-generator"  # registered model in the MLflow registry
-    batch_size: int = 4
+    batch_size: int = 4  # val images generated and scored per batch
     seed: int = 0  # cluster-centre draws for models with instance features
     samples: int = 4  # rows of the sample grid
 
@@ -113,15 +132,21 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class TrackingParams:
-    experiment: str = "pix2pixhd"
-    vgg_weights: str = ""  # torchvision vgg19-dcbb9e9d.pth (needed when loss.use_vgg_loss)
-    # false: evaluate fails when the model cannot be registered; true: it records why
-    # in registration.json (which promote refuses) and finishes
+    """MLflow tracking, and where the VGG weights come from."""
+
+    experiment: str = "pix2pixhd"  # MLflow experiment of the runs
+    # torchvision's vgg19-dcbb9e9d.pth, a path or s3:// URI (needed when
+    # model.loss.use_vgg_loss)
+    vgg_weights: str = ""
+    # false: export fails when the evaluated model cannot be registered in MLflow; true:
+    # it records why in registration.json (which promote refuses) and finishes
     optional: bool = False
 
 
 @dataclass(frozen=True)
 class PromoteParams:
+    """Promotion of the registered candidate over the champion."""
+
     metric: str = "mean_iou"  # version tag compared (written by evaluate)
     min_delta: float = 0.0  # the candidate must beat the champion by at least this
 
@@ -131,10 +156,16 @@ class PromoteParams:
 
 @dataclass(frozen=True)
 class Params:
+    """Every section of a params file."""
+
     data: DataParams = field(default_factory=DataParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     model: ModelParams = field(default_factory=ModelParams)
+    # stage 1: the global generator (model.generator's global part) at half size
+    # (1 / 2^n_local_enhancers) with num_D - n_local_enhancers scales; paper 100 + 100 epochs
     train_global: TrainConfig = field(default_factory=TrainConfig)
+    # stage 2: the whole generator at full size, initialised from stage 1, the global
+    # part frozen for niter_fix_global epochs; paper 50 + 50 epochs
     train_local: TrainConfig = field(
         default_factory=lambda: TrainConfig(niter=50, niter_decay=50, niter_fix_global=10)
     )
@@ -162,23 +193,92 @@ def _set(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_params(path: Path | None = None, overrides: Sequence[str] = ()) -> Params:
-    """Params from a YAML file (only the sections it names) plus overrides."""
-    if path is None:
-        return params_from_text("", overrides)
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such params file")
-    return params_from_text(read_text(path, "params file"), overrides, str(path))
+EXTENDS = "extends"
+MAX_EXTENDS_DEPTH = 8
 
 
-def params_from_text(text: str, overrides: Sequence[str] = (), source: str = "params") -> Params:
-    """Params from YAML text (how the Kubeflow steps receive params.yaml) + overrides."""
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base`` (new dicts; an empty section keeps the base's)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(out.get(key), dict) and (isinstance(value, dict) or value is None):
+            out[key] = _merge(out[key], value or {})
+        else:
+            out[key] = value
+    return out
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping of sections")
+    return tree
+
+
+def _resolve_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML tree of ``path`` merged onto the tree of the file it ``extends``
+    (``chain``: the files that extend this one, the loaded one first). A missing or bad
+    base names the file that names it; a cycle or a too deep chain, the loaded file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    tree = _parse(read_text(path, "params file"), str(path))
+    if EXTENDS not in tree:
+        return tree
+    base = tree.pop(EXTENDS)
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: extends: expected the path of a params file, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base!r}: no such params file ({base_path})")
+    chain = (*chain, path)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        loop = " -> ".join(p.name for p in (*chain, base_path))
+        raise ConfigError(f"{chain[0]}: extends makes a cycle ({loop})")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise ConfigError(f"{chain[0]}: extends chain more than {MAX_EXTENDS_DEPTH} files deep")
+    return _merge(_resolve_tree(base_path, chain), tree)
+
+
+def resolved_tree(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The params tree of a file with its ``extends`` chain merged in (base first, then
+    each variant's keys) and ``overrides`` applied; no ``extends`` key is left."""
+    tree = _resolve_tree(Path(path))
+    for assignment in overrides:
+        _set(tree, assignment)
+    return tree
+
+
+def load_params(path: Path | str | None = None, overrides: Sequence[str] = ()) -> Params:
+    """Params from a YAML file (only the sections it names, on top of the file it
+    ``extends``, if any) plus overrides; keys named nowhere keep the schema default."""
+    if path is None:
+        return params_from_text("", overrides)
+    return from_dict(Params, resolved_tree(path, overrides))
+
+
+def resolved_yaml(path: Path | str, overrides: Sequence[str] = ()) -> str:
+    """The params of ``path`` as one self-contained YAML text: its ``extends`` chain
+    merged and ``overrides`` applied, checked against the schema. What the pipeline
+    compiler bakes in (``params_from_text`` reads it back to the same Params) and what
+    ``pix2pixhd params`` prints or writes over params.yaml for DVC."""
+    tree = resolved_tree(path, overrides)
+    from_dict(Params, tree)
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def params_from_text(text: str, overrides: Sequence[str] = (), source: str = "params") -> Params:
+    """Params from YAML text (how the Kubeflow steps receive params.yaml) + overrides.
+    The text must be self-contained: a variant's ``extends`` is resolved only from its
+    file (``resolved_yaml``)."""
+    tree = _parse(text, source)
+    if EXTENDS in tree:
+        raise ConfigError(
+            f"{source}: 'extends: {tree[EXTENDS]}' is resolved only from a file: "
+            "pass resolved_yaml(path) (pix2pixhd params PATH), not the file's text"
+        )
     for assignment in overrides:
         _set(tree, assignment)
     return from_dict(Params, tree)

@@ -51,13 +51,17 @@ class GeneratorConfig:
     the paper's local generator (whose global part then has 32 * 2 = 64 filters).
     """
 
+    # filters of the outermost network's first layer; a local generator's global part
+    # has ngf * 2^n_local_enhancers
     ngf: int = 64
+    # stride-2 downsamplings of the global generator; H and W must be multiples of
+    # 2^(n_downsample_global + n_local_enhancers)
     n_downsample_global: int = 4
-    n_blocks_global: int = 9
-    n_local_enhancers: int = 0
-    n_blocks_local: int = 3
-    norm: NormType = "instance"
-    output_nc: int = 3
+    n_blocks_global: int = 9  # residual blocks at the global generator's bottleneck
+    n_local_enhancers: int = 0  # local enhancers, each doubling the resolution; 0: global only
+    n_blocks_local: int = 3  # residual blocks of each local enhancer
+    norm: NormType = "instance"  # normalisation layers of G
+    output_nc: int = 3  # channels of the generated image
 
     @property
     def size_multiple(self) -> int:
@@ -67,21 +71,25 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    num_D: int = 2
-    n_layers_D: int = 3
-    ndf: int = 64
-    norm: NormType = "instance"
+    """Multi-scale PatchGAN discriminator: num_D discriminators on an image pyramid."""
+
+    num_D: int = 2  # PatchGANs, each on the input downsampled 2x more than the previous
+    n_layers_D: int = 3  # stride-2 conv layers of each PatchGAN
+    ndf: int = 64  # filters of each PatchGAN's first layer (doubling per layer, at most 512)
+    norm: NormType = "instance"  # normalisation layers of D
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """Instance-level feature encoder (used only with ``use_instance_features``)."""
 
-    feat_num: int = 3
-    nef: int = 16
-    n_downsample_E: int = 4
+    feat_num: int = 3  # feature channels per instance, appended to G's input
+    nef: int = 16  # filters of E's first layer
+    n_downsample_E: int = 4  # stride-2 downsamplings of E
+    # not read by any step (the features step clusters with features.n_clusters); kept
+    # because checkpoints store it
     n_clusters: int = 10
-    norm: NormType = "instance"
+    norm: NormType = "instance"  # normalisation layers of E
 
     def __post_init__(self) -> None:
         for name in ("feat_num", "nef", "n_clusters"):
@@ -91,10 +99,12 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    gan_mode: GanMode = "ls"
-    use_feature_matching: bool = True
-    use_vgg_loss: bool = True
-    lambda_feat: float = 10.0
+    """The generator's objective: GAN loss plus feature-matching and VGG losses."""
+
+    gan_mode: GanMode = "ls"  # ls: least squares (paper); vanilla: cross-entropy; hinge
+    use_feature_matching: bool = True  # L1 between D's features of real and generated images
+    use_vgg_loss: bool = True  # VGG19 perceptual loss; needs tracking.vgg_weights
+    lambda_feat: float = 10.0  # weight of the feature-matching and of the VGG loss
 
     def __post_init__(self) -> None:
         check_number("loss.lambda_feat", self.lambda_feat, 0)
@@ -153,18 +163,20 @@ class TrainConfig:
     niter: int = 100  # epochs at the initial learning rate
     niter_decay: int = 100  # epochs of linear decay to zero
     niter_fix_global: int = 0  # local stage: epochs that train only the enhancers
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 1
-    flip: bool = True
-    seed: int = 0
-    precision: Precision = "fp32"  # auto: bf16 on CPUs with native bf16, fp16 on CUDA
-    channels_last: bool = False
+    lr: float = 2e-4  # Adam learning rate of G, D and E (the initial one)
+    beta1: float = 0.5  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+    batch_size: int = 1  # images per iteration (per process under data parallel)
+    flip: bool = True  # random horizontal flips of the training pairs
+    seed: int = 0  # weight initialisation, shuffling and augmentation draws
+    # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler on CUDA) | auto: bf16 on CPUs
+    # with native bf16, fp16 on CUDA, else fp32
+    precision: Precision = "fp32"
+    channels_last: bool = False  # NHWC memory format for the networks and batches
     compile: bool = False  # torch.compile G, D and E (each network, so G and D steps stay apart)
-    compile_backend: str = "inductor"
-    num_workers: int = 0
-    checkpoint_every: int = 1000  # iterations (0: only at epoch ends)
+    compile_backend: str = "inductor"  # torch.compile backend
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    checkpoint_every: int = 1000  # iterations between checkpoints (0: only at epoch ends)
     log_every: int = 100  # iterations between loss logs
     sample_every: int = 1000  # iterations between sample grids (0: never)
 
@@ -191,9 +203,9 @@ class TrainConfig:
 class FeatureConfig:
     """Instance-feature clustering (k-means per class) after training."""
 
-    n_clusters: int = 10
-    min_area: float = 1.0 / 64  # fraction of the image an instance must cover
-    seed: int = 0
+    n_clusters: int = 10  # k-means centres per class (fewer when a class has fewer instances)
+    min_area: float = 1.0 / 64  # fraction of the image an instance must cover to be clustered
+    seed: int = 0  # k-means initialisation
 
     def __post_init__(self) -> None:
         check_number("n_clusters", self.n_clusters, 1)
