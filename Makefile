@@ -39,7 +39,7 @@ test-containers: setup
 	PIX2PIXHD_SKIP_IMAGE_BUILD=1 $(BIN)/python -m pytest tests/containers
 
 demo: setup
-	$(BIN)/python -m components.cli --help >/dev/null
+	$(BIN)/python -m pix2pixhd --help >/dev/null
 	PIX2PIXHD_PIPELINE_RUN=dvc-$$(date -u +%Y%m%dT%H%M%SZ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 bench: setup

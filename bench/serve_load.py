@@ -85,7 +85,7 @@ def start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "components.cli", "serve", "--model", str(model)]
+    cmd = [sys.executable, "-m", "pix2pixhd", "serve", "--model", str(model)]
     cmd += ["--port", str(port), "--workers", str(args.workers), "--queue", str(args.queue)]
     cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -71,7 +71,7 @@ def _cli(*args: str) -> float:
     sets = [a for s in TINY for a in ("--set", s)]
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "components.cli", *args, *sets],
+        [sys.executable, "-m", "pix2pixhd", *args, *sets],
         capture_output=True,
         text=True,
         env=env,
@@ -89,7 +89,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     data = work / "data"
     subprocess.run(
-        [sys.executable, "-m", "components.cli", "data", "synth", "--out", str(data),
+        [sys.executable, "-m", "pix2pixhd", "data", "synth", "--out", str(data),
          "--num-train", "8", "--num-val", "4", "--size", "64x32"],
         check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip

@@ -32,7 +32,9 @@ def run(
     batch_size: int = 4,
     palette: str = "",
 ) -> dict[str, Any]:
-    """Encode every training instance with the encoder E, cluster the features per class
+    """Cluster instance features into the checkpoint (the encoder E, k-means per class).
+
+    Encode every training instance with the encoder E, cluster the features per class
     (k-means) and write ``out/model.pth``: the checkpoint plus its cluster centres (a
     model without E is copied as it is).
 

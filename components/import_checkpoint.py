@@ -21,7 +21,9 @@ def run(
     encoder: Path | None = None,
     discriminator: Path | None = None,
 ) -> dict[str, Any]:
-    """Convert official pix2pixHD files to one checkpoint of this project's format (the
+    """Convert official pix2pixHD checkpoints (latest_net_G.pth ...) to this format.
+
+    Convert official pix2pixHD files to one checkpoint of this project's format (the
     architecture inferred from tensor shapes, weights loaded strictly).
 
     Args:

@@ -181,3 +181,29 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def resolve(
+    params_file: Path, out: Path | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Print a params file resolved (its ``extends`` chain merged, overrides applied).
+
+    The result is self-contained params (JSON is YAML): ``--out params.yaml`` writes it
+    over DVC's params.yaml to run a variant with ``dvc repro`` (the base is read before
+    anything is written).
+
+    Args:
+        params_file: a params file or a variant (``extends: params.yaml`` + differences).
+        out: write the resolved YAML here (atomically) instead of printing it.
+        overrides: SECTION.KEY=VALUE applied last (repeatable).
+    """
+    import yaml
+
+    from components.params import resolved_yaml
+    from model.fileio import write_text
+
+    text = resolved_yaml(params_file, overrides or ())
+    if out is None:
+        return yaml.safe_load(text)
+    write_text(out, text)
+    return {"written": str(out), "from": str(params_file)}

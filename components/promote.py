@@ -21,7 +21,9 @@ def run(
     out: Path | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Promote one version of registered model ``name`` if its ``metric`` beats the
+    """Move the 'champion' alias to a version if it beats the champion beyond the gate.
+
+    Promote one version of registered model ``name`` if its ``metric`` beats the
     champion's by more than ``min_delta`` (a tie does not move the alias).
 
     Args:

@@ -80,7 +80,9 @@ def run(
     layout: str = "auto",
     palette: str = "",
 ) -> dict[str, Any]:
-    """Train the evaluation segmenter on the real photos (or load the published PSPNet
+    """Train the frozen evaluation segmenter (a PSPNet) or load published weights.
+
+    Train the evaluation segmenter on the real photos (or load the published PSPNet
     named by ``params.weights``), freeze it and score it on the val photos.
 
     Args:

@@ -51,6 +51,8 @@ def run(
         num_train, num_val: images per split.
         width, height: the image size.
         seed: the scene draws.
+        cars: draw cars (off: a shifted dataset without them, e.g. to try drift).
+        trees: scale the number of trees.
 
     Returns:
         The summary: counts and size.

@@ -319,7 +319,9 @@ def run(
     write_suite: Path | None = None,
     html: bool = True,
 ) -> dict[str, Any]:
-    """Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
+    """Check a dataset with the Great Expectations suite (and drift from a training profile).
+
+    Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
     one generated from the arguments; ``write_suite``: save that suite there first.
 
     Args:

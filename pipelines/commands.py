@@ -1,12 +1,13 @@
-"""The ``pix2pixhd pipeline`` commands (compile, run --local, submit) as plain functions
-whose parameters are the command's options; ``components.cli`` dispatches to them."""
+"""The ``pix2pixhd pipeline`` commands (compile, run --local, submit, dvc) as plain
+functions whose parameters are the command's options (``pix2pixhd.cli`` derives them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model.errors import ConfigError
+from pipelines.settings import ClusterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,25 +28,31 @@ def parse_arguments(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--arg {item!r}: expected NAME=VALUE, e.g. --arg niter_global=10")
         name, text = item.split("=", 1)
-        out[name.strip()] = yaml.safe_load(text) if text else ""
+        try:
+            out[name.strip()] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--arg {item[:80]!r}: the value is not valid YAML") from None
     return out
 
 
-def _settings(cluster: dict[str, Any]) -> Any:
-    """``ClusterSettings`` from the CLI's cluster options (None: the field's default)."""
-    from pipelines.dag import ClusterSettings
-
-    return ClusterSettings(**{k: v for k, v in cluster.items() if v is not None})
+def _settings(cluster: ClusterSettings | dict[str, Any] | None) -> ClusterSettings:
+    if isinstance(cluster, ClusterSettings):
+        return cluster
+    return ClusterSettings(**{k: v for k, v in (cluster or {}).items() if v is not None})
 
 
 def compile_ir(
     out: Path = Path("pipeline.yaml"),
     params_file: Path | None = None,
-    **cluster: Any,
+    cluster: ClusterSettings | None = None,
 ) -> dict[str, Any]:
-    """Write the kfp IR YAML for ``params_file`` (default: the repo's params.yaml) and
-    ``cluster`` (``ClusterSettings`` fields: image, gpu_image, gpus, num_nodes, engine,
-    namespace, s3_secret, s3_endpoint, mlflow_uri; None keeps the default)."""
+    """Write the kfp v2 IR YAML (the pipeline and its kfp-kubernetes settings) for upload.
+
+    Args:
+        out: the YAML file to write.
+        params_file: params.yaml compiled in (default: the repo's params.yaml).
+        cluster: images, GPUs, nodes, secrets and endpoints of the cluster.
+    """
     from pipelines import dag
 
     path = dag.compile_pipeline(_params_file(params_file), out, _settings(cluster))
@@ -53,19 +60,31 @@ def compile_ir(
 
 
 def run_local(
-    local: bool = True,
+    local: bool = False,
     pipeline_root: Path = Path("data/kfp"),
     params_file: Path | None = None,
     arguments: list[str] | None = None,
-    runner: str = "subprocess",
+    runner: Literal["subprocess", "docker"] = "subprocess",
     image: str | None = None,
     gpu_image: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole DAG on this machine with kfp.local (``local``: a required flag so
-    that a remote run is never started by accident; ``runner``: subprocess, or docker
-    with the project ``image`` and ``gpu_image``, see pipelines.containers)."""
+    """Run the whole DAG on this machine with kfp.local.
+
+    Args:
+        local: required, so that a remote run is never started by accident.
+        pipeline_root: where the artifacts go.
+        params_file: params.yaml (default: the repo's params.yaml).
+        arguments: a pipeline parameter as NAME=VALUE (repeatable); see `pipeline compile`'s
+            IR or docs/params.md for the names.
+        runner: subprocess: every task in this environment; docker: every task in the
+            project image (kfp DockerRunner, host network; `make images`).
+        image: --runner docker: the CPU steps' image (pix2pixhd-cpu:local).
+        gpu_image: --runner docker: training's image (pix2pixhd-cuda:local).
+    """
     from pipelines import dag
 
+    if not local:
+        raise ConfigError("pipeline run runs on this machine only: add --local")
     params = _params_file(params_file)
     return dag.run_local(
         params,
@@ -84,10 +103,19 @@ def submit(
     kfp_namespace: str | None = None,
     params_file: Path | None = None,
     arguments: list[str] | None = None,
-    **cluster: Any,
+    cluster: ClusterSettings | None = None,
 ) -> dict[str, Any]:
-    """Submit a run to the Kubeflow Pipelines endpoint ``host`` (``arguments``: pipeline
-    parameters as NAME=VALUE; ``cluster``: as for :func:`compile_ir`)."""
+    """Submit a run to Kubeflow Pipelines.
+
+    Args:
+        host: the KFP API endpoint URL.
+        experiment: the KFP experiment.
+        run_name: the run's name (default: KFP's).
+        kfp_namespace: multi-user Kubeflow: the profile namespace.
+        params_file: params.yaml compiled in (default: the repo's params.yaml).
+        arguments: a pipeline parameter as NAME=VALUE (repeatable).
+        cluster: images, GPUs, nodes, secrets and endpoints of the cluster.
+    """
     from pipelines import dag
 
     params = _params_file(params_file)
@@ -100,3 +128,36 @@ def submit(
         settings=_settings(cluster),
         namespace=kfp_namespace,
     )
+
+
+def write_dvc(out: Path | None = None, check: bool = False) -> dict[str, Any]:
+    """Write dvc.yaml from the step declarations (components/steps.py), or check it.
+
+    Args:
+        out: the file to write or check (default: the repo's dvc.yaml).
+        check: do not write: exit 1 naming the first difference when the file is stale.
+    """
+    import yaml
+
+    from components import steps
+    from model.errors import Pix2PixHDError
+
+    path = Path(out) if out is not None else ROOT / "dvc.yaml"
+    text = steps.dvc_text()
+    if check:
+        try:
+            committed = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read ({str(exc).splitlines()[0][:200]})") from None
+        diff = steps.first_difference(yaml.safe_load(text), committed)
+        if diff is not None:
+            err = Pix2PixHDError(
+                f"{path} is stale at {diff}; rewrite it: pix2pixhd pipeline dvc --out {path}"
+            )
+            err.exit_code = 1  # type: ignore[attr-defined]
+            raise err
+        return {"checked": str(path), "stale": False}
+    from model.fileio import write_text
+
+    write_text(path, text)
+    return {"written": str(path), "stages": len(steps.TASKS)}

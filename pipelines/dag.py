@@ -1,77 +1,111 @@
-"""The Kubeflow DAG: the steps of ``dvc.yaml`` as kfp lightweight components, wired by
-their artifacts, with GPU, node and secret settings on the tasks that need them.
+"""The Kubeflow DAG, generated from ``components.steps`` (the steps and tasks declared
+once): one lightweight component per task, wired by its artifacts, with GPU, node and
+secret settings on the tasks that need them.
 
-``build_pipeline(settings)`` returns the pipeline function; its typed parameters (the
-main params: dataset URI, sizes, epochs, width, promotion threshold) default to the
-values of the params.yaml it was compiled with, which also travels whole as the
-``params_yaml`` constant. ``overrides`` (``section.key=value`` strings) reach everything
-else without recompiling. Which params key each typed parameter sets is defined once,
-in ``pipelines.parameters.PARAM_KEYS``.
+A component is Python source written from the task's declaration: typed parameters
+(the compiled ``params_yaml``, ``overrides``, the typed pipeline parameters whose params
+keys the step reads, the tracking inputs), its input artifacts, its output ``out`` and
+the extra outputs of its Kubeflow hook (``pipelines.hooks``); the body is one call of
+``pipelines.executor.execute``. kfp ships that source to the project image
+(``base_image``, kfp installed there, ``install_kfp_package=False``), so the DAG runs
+unchanged with ``kfp.local`` and in a cluster.
+
+``build_pipeline(params_yaml, settings)`` returns the pipeline function; its typed
+parameters (``pipelines.parameters.PARAM_KEYS``) default to the compiled params.yaml's
+values, which also travels whole as ``params_yaml``; ``overrides`` (``section.key=value``
+strings) reach everything else without recompiling.
 """
 
-import inspect
-import json
+import linecache
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.params import params_from_text
-from pipelines import steps
+from components import steps
+from components.params import params_from_text, resolved_yaml
+from pipelines.hooks import HOOKS, Hook
 from pipelines.parameters import PARAM_KEYS, pipeline_defaults
+from pipelines.settings import ClusterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_TASKS = ("train-global", "train-local")
+GPU_STEPS = ("train",)
+KFP_TYPES = {"dataset": "Dataset", "model": "Model", "artifact": "Artifact"}
+TRACKING_INPUTS = {
+    "tracking_uri": "MLflow tracking URI of the steps (empty: $MLFLOW_TRACKING_URI of the pods)",
+    "pipeline_run": "this execution's id, shared by its MLflow runs",
+}
+TRAINING_INPUTS = {"distributed": "launch settings fixed at compile time (JSON)"}
 
 
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Compile-time settings: images, accelerators, secrets, multi-node training."""
+def task_parameters(task: steps.Task) -> list[str]:
+    """The typed pipeline parameters a task receives: those whose params key it reads."""
+    keys = task.keys()
 
-    image: str = ""  # required to compile/submit: a digest or a release tag, not :latest
-    gpu_image: str = ""
-    accelerator: str = "nvidia.com/gpu"
-    gpus: int = 1  # per training pod (or per node with num_nodes > 1)
-    gpu_node_selector: Mapping[str, str] = field(
-        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
-    )
-    s3_secret: str = "pix2pixhd-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
-    s3_endpoint: str = ""  # AWS_ENDPOINT_URL on every task (MinIO / Ceph); empty: AWS
-    mlflow_uri: str = ""  # MLFLOW_TRACKING_URI on every task; empty: the tracking_uri param
-    shm_size: str = "16Gi"
-    num_nodes: int = 1  # > 1: training tasks launch a TrainJob / PyTorchJob and wait
-    engine: str = "trainjob"  # or pytorchjob (Training Operator v1)
-    namespace: str = "kubeflow"
+    def reads(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in keys)
 
-    def distributed(self) -> str:
-        if self.num_nodes <= 1:
-            return json.dumps({"num_nodes": 1, "gpus_per_node": self.gpus})
-        return json.dumps(
-            {
-                "num_nodes": self.num_nodes,
-                "gpus_per_node": self.gpus,
-                "engine": self.engine,
-                "image": self.gpu_image,
-                "namespace": self.namespace,
-                "secret": self.s3_secret,
-            }
-        )
+    return [name for name, key in PARAM_KEYS.items() if reads(key)]
 
 
-def _components(settings: ClusterSettings) -> dict[str, Any]:
+def _doc(text: str) -> str:
+    return " ".join(text.split()).replace('"', "'")
+
+
+def component_source(task: steps.Task, defaults: Mapping[str, Any]) -> str:
+    """The Python source of task ``task``'s component (see the module doc)."""
+    step = task.spec
+    hook = HOOKS.get(step.name, Hook())
+    names = {p.name for p in step.parameters()}
+    docs = {p.name: p.doc for p in step.parameters()}
+    params: list[tuple[str, str, str]] = [
+        ("params_yaml", "str", "the compiled params.yaml (text)"),
+        ("overrides", "list", "section.key=value strings applied last"),
+    ]
+    for name in task_parameters(task):
+        params.append((name, type(defaults[name]).__name__, f"sets {PARAM_KEYS[name]}"))
+    for name, (kind, doc) in hook.inputs.items():
+        params.append((name, kind, doc))
+    if "tracking_uri" in names:
+        params += [(n, "str", d) for n, d in TRACKING_INPUTS.items()]
+    if step.name in GPU_STEPS:
+        params += [(n, "str", d) for n, d in TRAINING_INPUTS.items()]
+    for arg in task.inputs:
+        params.append((arg, f"Input[{KFP_TYPES[step.reads[arg].kind]}]", docs.get(arg, "")))
+    params.append(("out", f"Output[{KFP_TYPES[step.writes['out'].kind]}]", docs.get("out", "")))
+    for name, kind in hook.outputs.items():
+        params.append((name, f"Output[{kind}]", f"Kubeflow {kind}"))
+    fn = task.name
+    lines = [f"def {fn}("]
+    lines += [f"    {n}: {t}," for n, t, _ in params]
+    lines += [") -> None:", f'    """{_doc(step.help)}', "", "    Args:"]
+    lines += [f"        {n}: {_doc(d) or n}" for n, _, d in params]
+    lines += ['    """', "    from pipelines.executor import execute", ""]
+    lines += [f"    execute({task.name!r}, locals())", ""]
+    return "\n".join(lines)
+
+
+def _define(source: str, name: str) -> Any:
+    """The function defined by ``source``, with its source where ``inspect`` (and so
+    kfp, which ships it to the container) finds it."""
+    filename = f"<pix2pixhd component {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {}
+    exec("from kfp.dsl import *", namespace)  # noqa: S102 (the names kfp's executor gives)
+    code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 (source written above from the declarations)
+    return namespace[name]
+
+
+def _components(settings: ClusterSettings, defaults: Mapping[str, Any]) -> dict[str, Any]:
     from kfp import dsl
 
-    def make(fn: Callable[..., None], image: str) -> Any:
-        return dsl.component(fn, base_image=image, install_kfp_package=False)
-
-    names = ["synth", "validate", "drift", "boundaries", "features", "segmenter", "evaluate"]
-    out = {n: make(getattr(steps, n), settings.image) for n in [*names, "export", "promote"]}
-    train_image = settings.gpu_image if settings.num_nodes <= 1 else settings.image
-    for stage in ("global", "local"):  # one step function, a component (task) per stage
-        component = make(steps.train, train_image)
-        component.component_spec.name = f"train-{stage}"
-        out[f"train_{stage}"] = component
+    out = {}
+    for task in steps.TASKS:
+        gpu = task.spec.name in GPU_STEPS and settings.num_nodes <= 1
+        image = settings.gpu_image if gpu else settings.image
+        fn = _define(component_source(task, defaults), task.name)
+        out[task.name] = dsl.component(fn, base_image=image, install_kfp_package=False)
     return out
 
 
@@ -92,6 +126,8 @@ def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
         task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint)
     if settings.mlflow_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    if not gpu:  # the CPU steps: the scheduler must know what they need
+        task.set_cpu_request(CPU_REQUEST[0]).set_memory_request(CPU_REQUEST[1])
     if gpu:
         task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)
         task.set_cpu_request("4").set_memory_request("32G")
@@ -110,6 +146,7 @@ def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
     return task
 
 
+CPU_REQUEST = ("1", "4G")  # the CPU steps' requests (cores, memory)
 LOCAL_IMAGE = "pix2pixhd-local:unused"  # kfp.local's SubprocessRunner runs no image
 NO_CACHE = ("synth", "evaluate", "export", "promote")  # side effects or a changing source
 
@@ -134,111 +171,80 @@ def check_images(settings: ClusterSettings) -> None:
 
 def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) -> Any:
     """The pipeline function for ``params_yaml`` (text) and the cluster settings."""
+    import inspect
+
     from kfp import dsl
 
     settings = settings or ClusterSettings(image=LOCAL_IMAGE, gpu_image=LOCAL_IMAGE)
     p = params_from_text(params_yaml, [])  # fail at compile time on a bad params file
-    c = _components(settings)
-    distributed = settings.distributed()
     default = pipeline_defaults(p)
+    components = _components(settings, default)
+    distributed = settings.distributed()
 
-    @dsl.pipeline(
-        name="pix2pixhd",
-        description="pix2pixHD: validate, drift, boundaries, two-stage training, features, "
-        "segmentation-based evaluation, ONNX export and registry promotion.",
+    # the pipeline's parameters: the hooks' inputs, the typed ones, tracking, overrides
+    P = inspect.Parameter
+    signature: list[inspect.Parameter] = []
+    docs: dict[str, str] = {}
+    for hook in HOOKS.values():
+        for name, (_, doc) in hook.inputs.items():
+            signature.append(P(name, P.POSITIONAL_OR_KEYWORD, default="", annotation=str))
+            docs[name] = doc
+    for name, key in PARAM_KEYS.items():
+        kind = type(default[name])
+        signature.append(P(name, P.POSITIONAL_OR_KEYWORD, default=default[name], annotation=kind))
+        docs[name] = f"{key} ({_field_doc(key)})" if _field_doc(key) else key
+    signature.append(P("tracking_uri", P.POSITIONAL_OR_KEYWORD, default="", annotation=str))
+    docs["tracking_uri"] = TRACKING_INPUTS["tracking_uri"]
+    signature.append(P("overrides", P.POSITIONAL_OR_KEYWORD, default=[], annotation=list))
+    docs["overrides"] = "section.key=value strings for any other params key, applied last"
+    names = [q.name for q in signature]
+
+    def pix2pixhd(*args: Any) -> None:
+        arg = dict(zip(names, args, strict=True))
+        made: dict[str, Any] = {}
+        for task in steps.TASKS:
+            step = task.spec
+            hook = HOOKS.get(step.name, Hook())
+            kwargs: dict[str, Any] = {"params_yaml": params_yaml, "overrides": arg["overrides"]}
+            kwargs.update({n: arg[n] for n in task_parameters(task)})
+            kwargs.update({n: arg[n] for n in hook.inputs})
+            if "tracking_uri" in {q.name for q in step.parameters()}:
+                kwargs["tracking_uri"] = arg["tracking_uri"]
+                kwargs["pipeline_run"] = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+            if step.name in GPU_STEPS:
+                kwargs["distributed"] = distributed
+            for name, ref in task.inputs.items():
+                kwargs[name] = made[steps.split_ref(ref)[0]].outputs["out"]
+            t = components[task.name](**kwargs)
+            t.set_display_name(task.name.replace("_", " "))
+            for upstream in task.after:
+                t.after(made[upstream])
+            _configure(t, settings, gpu=step.name in GPU_STEPS and settings.num_nodes <= 1)
+            if task.name in NO_CACHE:  # register/promote/log, or a dataset URI
+                t.set_caching_options(False)
+            made[task.name] = t
+
+    pix2pixhd.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+    pix2pixhd.__doc__ = (
+        "pix2pixHD: validate, drift, boundaries, two-stage training, features, "
+        "segmentation-based evaluation, ONNX export and registry promotion.\n\nArgs:\n"
+        + "".join(f"    {n}: {_doc(d)}\n" for n, d in docs.items())
     )
-    def pix2pixhd(
-        dataset_uri: str = "",
-        num_train: int = default["num_train"],
-        num_val: int = default["num_val"],
-        width: int = default["width"],
-        height: int = default["height"],
-        ngf: int = default["ngf"],
-        niter_global: int = default["niter_global"],
-        niter_decay_global: int = default["niter_decay_global"],
-        niter_local: int = default["niter_local"],
-        niter_decay_local: int = default["niter_decay_local"],
-        min_delta: float = default["min_delta"],
-        segmenter_weights: str = default["segmenter_weights"],
-        tracking_uri: str = "",
-        overrides: list = [],  # noqa: B006 (kfp reads the default as the parameter's)
-    ) -> None:
-        common = {"params_yaml": params_yaml, "overrides": overrides}
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # MLflow runs of this execution share it
-        size = {"width": width, "height": height}
-        synth = c["synth"](
-            **common, dataset_uri=dataset_uri, num_train=num_train, num_val=num_val, **size
-        )
-        validate = c["validate"](**common, **size, data=synth.outputs["data"])
-        drift = c["drift"](  # the val split, the data evaluated on, vs the training profile
-            **common, **size, data=synth.outputs["data"], reference=validate.outputs["report"]
-        )
-        bounds = c["boundaries"](**common, data=synth.outputs["data"]).after(validate)
-        train = {
-            **common,
-            **size,
-            "ngf": ngf,
-            "niter_global": niter_global,
-            "niter_decay_global": niter_decay_global,
-            "niter_local": niter_local,
-            "niter_decay_local": niter_decay_local,
-            "tracking_uri": tracking_uri,
-            "distributed": distributed,
-            "pipeline_run": run_id,
-            "data": synth.outputs["data"],
-            "boundaries": bounds.outputs["out"],
-            "report": validate.outputs["report"],
-        }
-        train_g = c["train_global"](stage="global", **train)
-        train_l = c["train_local"](
-            stage="local", **train, global_checkpoint=train_g.outputs["checkpoint"]
-        )
-        feats = c["features"](
-            **common, data=synth.outputs["data"], checkpoint=train_l.outputs["checkpoint"]
-        )
-        seg = c["segmenter"](
-            **common, **size, segmenter_weights=segmenter_weights, data=synth.outputs["data"]
-        )
-        ev = c["evaluate"](
-            **common,
-            tracking_uri=tracking_uri,
-            pipeline_run=run_id,
-            data=synth.outputs["data"],
-            report=validate.outputs["report"],
-            generator=feats.outputs["model"],
-            segmenter=seg.outputs["model"],
-        ).after(drift)
-        exp = c["export"](
-            **common,
-            tracking_uri=tracking_uri,
-            pipeline_run=run_id,
-            generator=feats.outputs["model"],
-            evaluation=ev.outputs["evaluation"],
-        )
-        prom = c["promote"](
-            **common,
-            tracking_uri=tracking_uri,
-            min_delta=min_delta,
-            exported=exp.outputs["onnx_model"],  # after export: the servable version
-        )
-        for task in (synth, validate, drift, bounds, feats, seg, ev, exp, prom):
-            _configure(task, settings, gpu=False)
-        for task in (train_g, train_l):
-            _configure(task, settings, gpu=settings.num_nodes <= 1)
-        for task in (synth, ev, exp, prom):  # NO_CACHE: register/promote/log, or a URI
-            task.set_caching_options(False)
+    return dsl.pipeline(name="pix2pixhd")(pix2pixhd)
 
-    missing = set(PARAM_KEYS) - set(inspect.signature(pix2pixhd.pipeline_func).parameters)
-    if missing:  # the map and the signature are one definition read twice
-        raise RuntimeError(f"pipeline parameters missing from the DAG: {sorted(missing)}")
-    return pix2pixhd
+
+def _field_doc(key: str) -> str:
+    """The schema's meaning of params key ``key`` (docs/params.md's)."""
+    from components.params_doc import params_reference
+
+    return next((row.meaning for row in params_reference() if row.key == key), "")
 
 
 def compile_pipeline(params_file: Path, out: Path, settings: ClusterSettings | None = None) -> Path:
     from kfp import compiler
 
     check_images(settings or ClusterSettings())
-    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    pipeline = build_pipeline(resolved_yaml(params_file), settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=str(out))
     return out
@@ -268,7 +274,7 @@ def run_local(
         kfp_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=kfp_runner, pipeline_root=str(pipeline_root))
     settings = ClusterSettings(image=image, gpu_image=gpu_image, s3_secret="", gpus=1)
-    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    pipeline = build_pipeline(resolved_yaml(params_file), settings)
     # expected here, once per task: the project image is this environment, and cluster
     # resources do not apply to local subprocesses
     warnings.filterwarnings("ignore", message="You may be attemping to run a task")
@@ -296,7 +302,7 @@ def submit(
     from model.errors import Pix2PixHDError
 
     check_images(settings or ClusterSettings())
-    pipeline = build_pipeline(Path(params_file).read_text(), settings)
+    pipeline = build_pipeline(resolved_yaml(params_file), settings)
     try:
         client = kfp.Client(host=host, namespace=namespace)
         result = client.create_run_from_pipeline_func(

@@ -6,8 +6,9 @@ the task submits and waits for (``pipelines.trainjob``).
 ``{"num_nodes": 2, "gpus_per_node": 8, "engine": "trainjob", "image": "...",
 "namespace": "kubeflow", "secret": "pix2pixhd-s3"}``.
 
-The in-pod case runs ``python -m components.cli train ...`` as a subprocess (like the
-torchrun case), so this module never imports the CLI (no import cycle).
+One GPU: the step runs in the task's process, as every other task. Several GPUs or
+nodes: the command line of the same step (``components.steps.argv``) under torchrun or
+in the job's pods; this module never imports the command line.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components import storage
-from components.params import flatten, params_from_text
+from components.params import flatten
 
 log = logging.getLogger(__name__)
 
@@ -35,110 +34,61 @@ def s3_uri(uri: str) -> str:
     return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
 
 
-@dataclass(frozen=True)
-class TrainArtifacts:
-    """The kfp artifacts of a training task (``init``: the global stage's checkpoint, for
-    the local stage; None for the global stage)."""
+def train_argv(task: Any, params: Any, given: dict[str, Any]) -> list[str]:
+    """The ``pix2pixhd train`` arguments of a training task: the step's own command line
+    (``components.steps.argv``, the inverse of the CLI's parser) with every param as
+    ``--set`` (no params file travels to the nodes)."""
+    from components import steps
 
-    data: Any
-    boundaries: Any
-    report: Any
-    init: Any
-    checkpoint: Any
-
-
-def train_args(
-    *,
-    stage: str,
-    params_yaml: str,
-    sets: Sequence[str],
-    data: str,
-    boundaries: str,
-    summary: str,
-    init: str | None,
-    out: str,
-    tracking_uri: str,
-) -> list[str]:
-    """The ``pix2pixhd train`` arguments; every param travels as --set (no file)."""
-    params = params_from_text(params_yaml, sets)
-    args = ["train", "--stage", stage, "--data", data, "--boundaries", boundaries]
-    args += ["--data-summary", summary, "--out", out, "--orchestrator", "kfp"]
-    if init:
-        args += ["--init", init]
-    if tracking_uri:
-        args += ["--tracking-uri", tracking_uri]
+    args = steps.argv(
+        task.spec, {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    )
     for key, value in flatten(params).items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     return args
 
 
 def train_task(
-    *,
-    stage: str,
-    params_yaml: str,
-    sets: Sequence[str],
-    artifacts: TrainArtifacts,
-    metrics: Any,
-    tracking_uri: str,
-    distributed: str,
+    values: dict[str, Any], call: Any, bound: tuple[Any, Any, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Run one training stage for a kfp task with params ``params_yaml`` + ``sets`` (see
-    ``pipelines.parameters.as_overrides``); logs the step's metrics to ``metrics`` and
-    returns them.
+    """Run one training stage for a kfp task (``values``: the component's arguments;
+    ``call``: the step in this process; ``bound``: the task, its params and its
+    arguments as paths).
 
-    One command, three launch paths that differ only in the command prefix: a
-    subprocess in this pod, torchrun over this pod's GPUs, or a multi-node job whose
-    pods read and write the artifacts in object storage.
+    One process on one GPU calls the step here, like every other task; several GPUs of
+    this pod run the same command under torchrun; several nodes run it as a Kubeflow
+    Trainer job whose pods read and write the artifacts in object storage.
     """
-    dist = json.loads(distributed) if distributed else {}
+    task, params, given = bound
+    dist = json.loads(values.get("distributed") or "{}")
     nodes, gpus = int(dist.get("num_nodes", 1)), int(dist.get("gpus_per_node", 1))
-    a, out = artifacts, Path(artifacts.checkpoint.path)
+    if nodes <= 1 and gpus <= 1:
+        return call()
+    out = Path(values["out"].path)
     if nodes > 1:
-        if not s3_uri(a.checkpoint.uri).startswith("s3://"):
+        if not s3_uri(values["out"].uri).startswith("s3://"):
             raise RuntimeError(
-                f"multi-node training needs artifacts in object storage; got {a.checkpoint.uri}"
+                f"multi-node training needs artifacts in object storage; got {values['out'].uri}"
             )
+        from components import steps
 
-        def where(artifact: Any) -> str:
-            return s3_uri(artifact.uri)
-
-        out_arg = where(a.checkpoint) + "/job"
-    else:
-
-        def where(artifact: Any) -> str:
-            return str(artifact.path)
-
-        out_arg = str(out)
-    args = train_args(
-        stage=stage,
-        params_yaml=params_yaml,
-        sets=sets,
-        data=where(a.data),
-        boundaries=where(a.boundaries),
-        summary=where(a.report) + "/summary.json",
-        init=where(a.init) + "/latest.pth" if a.init is not None else None,
-        out=out_arg,
-        tracking_uri=tracking_uri,
-    )
-    if nodes > 1:
-        _run_job(stage, args, dist)
-        storage.download(out_arg + "/", out)  # what the job wrote, into the kfp artifact
-    else:
-        prefix = [sys.executable, "-m"]
-        if gpus > 1:  # every GPU of this pod
-            prefix += ["torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m"]
-        cmd = [*prefix, "components.cli", *args]
-        if subprocess.run(cmd, check=False).returncode != 0:
-            raise RuntimeError(f"pix2pixhd train --stage {stage} failed (see the log above)")
+        remote = dict(given)
+        for arg, ref in task.inputs.items():
+            _, file = steps.split_ref(ref)
+            uri = s3_uri(values[arg].uri)
+            remote[arg] = f"{uri}/{file}" if file else uri
+        remote["out"] = s3_uri(values["out"].uri) + "/job"
+        _run_job(given["stage"], train_argv(task, params, remote), dist)
+        storage.download(remote["out"] + "/", out)  # what the job wrote, into the artifact
+    else:  # every GPU of this pod
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        prefix += [f"--nproc-per-node={gpus}", "-m", "pix2pixhd"]
+        if subprocess.run([*prefix, *train_argv(task, params, given)], check=False).returncode:
+            raise RuntimeError(
+                f"pix2pixhd train --stage {given['stage']} failed (see the log above)"
+            )
     path = out / "metrics.json"
-    result = json.loads(path.read_text()) if path.is_file() else {}
-    for k, v in result.items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            metrics.log_metric(k, float(v))
-    for k, v in (result.get("final_losses") or {}).items():  # the losses, flat
-        if k not in ("step", "epoch") and isinstance(v, int | float):
-            metrics.log_metric(f"final_{k}", float(v))
-    return result
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:

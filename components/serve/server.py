@@ -91,7 +91,9 @@ def run(
     max_bytes: int = Limits.max_bytes,
     max_pixels: int = Limits.max_pixels,
 ) -> dict[str, Any]:
-    """Serve until interrupted (SIGINT/SIGTERM: requests in flight are finished).
+    """Serve the HTTP API (ONNX Runtime) and the web editor for a model.
+
+    Serve until interrupted (SIGINT/SIGTERM: requests in flight are finished).
 
     Args:
         model: a checkpoint, an ONNX file or an MLflow model URI (``models:/NAME@alias``).
@@ -101,6 +103,7 @@ def run(
         data: a dataset whose label maps the editor offers (optional).
         follow_alias: reload when the registry alias of ``model`` moves, polling every
             ``poll_s`` seconds against ``tracking_uri``.
+        tracking_uri: the MLflow tracking server that resolves models:/ URIs.
         max_bytes, max_pixels: request body and image size limits.
     """
     import uvicorn

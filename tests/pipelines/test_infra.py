@@ -134,8 +134,8 @@ def test_cluster_mlflow_uses_the_backend_the_tests_run():
 
 
 def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
-    from components.cli import build_parser
     from components.registry import ALIAS
+    from pix2pixhd.cli import build_parser
 
     serving = ROOT / "infra" / "k8s" / "serving"
     docs = list(yaml.safe_load_all((serving / "serve.yaml").read_text()))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cli import main
 from pipelines import trainjob
 from pipelines.dag import ClusterSettings, compile_pipeline
+from pix2pixhd.cli import main
 from tests.conftest import TINY_PIPELINE_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,15 +197,15 @@ def test_local_kfp_run_of_the_tiny_configuration(tmp_path, monkeypatch):
         args += ["--arg", a]
     assert main(args) == 0
     run = next(root.iterdir())
-    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((run / "evaluate" / "out" / "metrics.json").read_text())
     assert 0.0 <= metrics["generated"]["mean_iou"] <= 1.0
-    onnx_file = run / "export" / "onnx_model" / "model.onnx"
+    onnx_file = run / "export" / "out" / "model.onnx"
     assert onnx_file.stat().st_size > 10_000
     registration = json.loads((onnx_file.parent / "registration.json").read_text())
     assert registration["version"] == "1"  # registered by export, the servable model
     html = (run / "evaluate" / "samples").read_text()
     assert html.startswith("<html>") and "data:image/png;base64," in html
-    decision = json.loads((run / "promote" / "decision").read_text())
+    decision = json.loads((run / "promote" / "out" / "decision.json").read_text())
     assert decision["promoted"] is True  # the first model always becomes champion
 
 
@@ -230,8 +230,8 @@ def test_results_show_in_kubeflow_and_side_effects_are_not_cached(compiled):
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         assert cached == (name.replace("-", "_") not in NO_CACHE), name
     assert tasks["promote"]["dependentTasks"] == ["export"]
-    exported = tasks["promote"]["inputs"]["artifacts"]["exported"]["taskOutputArtifact"]
-    assert exported == {"outputArtifactKey": "onnx_model", "producerTask": "export"}
+    exported = tasks["promote"]["inputs"]["artifacts"]["registration"]["taskOutputArtifact"]
+    assert exported == {"outputArtifactKey": "out", "producerTask": "export"}
     run_ids = {
         tasks[t]["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"]
         for t in ("train-global", "train-local", "evaluate", "export")
@@ -265,9 +265,9 @@ def test_compiled_export_task_passes_tracking_optional(optional, compiled, tmp_p
         overrides=[f"tracking.optional={str(optional).lower()}"],
         tracking_uri="",
         pipeline_run="r",
-        generator=SimpleNamespace(path=str(tmp_path / "g")),
+        checkpoint=SimpleNamespace(path=str(tmp_path / "g")),
         evaluation=SimpleNamespace(path=str(tmp_path / "e")),
-        onnx_model=model,
+        out=model,
     )
     assert seen["tracking_optional"] is optional and seen["orchestrator"] == "kfp"
 
@@ -336,8 +336,7 @@ def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
     from types import SimpleNamespace
 
     from components import storage
-    from pipelines import launcher
-    from pipelines.parameters import as_overrides
+    from pipelines import executor
 
     _, bucket = s3
 
@@ -362,15 +361,22 @@ def test_multi_node_task_runs_the_job_on_object_storage_and_copies_its_output(
     metrics.log_metric = lambda k, v: metrics.logged.__setitem__(k, v)
     dist = json.dumps({"num_nodes": 2, "gpus_per_node": 8, "image": "img", "engine": "trainjob"})
     main_params = {"width": 128, "height": 64, "ngf": 8, "niter_local": 1, "niter_decay_local": 0}
-    launcher.train_task(
-        stage="local",
-        params_yaml=(ROOT / "params.yaml").read_text(),
-        sets=as_overrides(main_params),
-        artifacts=launcher.TrainArtifacts(data, bounds, report, init, ckpt),
-        metrics=metrics,
-        tracking_uri="",
-        distributed=dist,
-    )
+    values = {
+        "params_yaml": (ROOT / "params.yaml").read_text(),
+        "overrides": [],
+        **main_params,
+        "tracking_uri": "",
+        "pipeline_run": "r",
+        "distributed": dist,
+        "data": data,
+        "boundaries": bounds,
+        "data_summary": report,
+        "init_checkpoint": init,
+        "out": ckpt,
+        "metrics": metrics,
+    }
+    ckpt.metadata = {}
+    executor.execute("train_local", values)  # the component body, as the pod runs it
     spec, engine = jobs[0]
     args = dict(zip(spec.args[1::2], spec.args[2::2], strict=False))  # after "train"
     assert engine == "trainjob" and spec.num_nodes == 2 and spec.gpus_per_node == 8

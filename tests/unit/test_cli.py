@@ -1,36 +1,26 @@
-"""The generic CLI: options feed run() parameters by name, --version, logging scope,
-stdout kept for the JSON result; the pipeline parameter map; the torch-free params."""
+"""The command line generated from the step declarations: every run() parameter is an
+option with help, the same arguments from the CLI, DVC and Kubeflow drivers, dvc.yaml
+checked, old flags answered with a hint; --version, logging scope, stdout kept for the
+JSON result; the pipeline parameter map; the torch-free params; no import cycle."""
 
 from __future__ import annotations
 
-import inspect
+import argparse
+import ast
 import json
 import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from components import cli
-from components.params import params_from_text
+from components import steps
+from components.params import Params, params_from_text
 from pipelines.parameters import PARAM_KEYS, as_overrides, pipeline_defaults
-
-
-def _dests(command: cli.Command) -> set[str]:
-    opts = [o for item in command.options for o in getattr(item, "options", (item,))]
-    return {o.kwargs.get("dest") or o.flags[0].lstrip("-").replace("-", "_") for o in opts}
-
-
-@pytest.mark.parametrize("command", cli.COMMANDS, ids=lambda c: c.name)
-def test_every_option_feeds_a_parameter_of_its_target(command):
-    module, name = command.target.split(":")
-    params = inspect.signature(getattr(__import__(module, fromlist=[name]), name)).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    loose = _dests(command) - set(params) - {"params_file", "overrides", *command.consumes}
-    assert not loose
+from pix2pixhd import cli
 
 
 def test_version_and_exclusive_verbosity(capsys):
@@ -78,8 +68,8 @@ def test_prints_during_a_step_go_to_stderr(capfd):
 
 
 def test_stdout_is_only_the_json_result(tmp_path):
-    cmd = [sys.executable, "-m", "components.cli", "data", "synth", "--out", str(tmp_path / "d")]
-    cmd += ["--num-train", "1", "--num-val", "1", "--size", "64x32"]
+    cmd = [sys.executable, "-m", "pix2pixhd", "data", "synth", "--out", str(tmp_path / "d")]
+    cmd += ["--num-train", "1", "--num-val", "1", "--width", "64", "--height", "32"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)  # the whole of stdout parses
 
@@ -103,3 +93,157 @@ def test_params_schema_and_pipeline_map_import_no_torch():
     code = "import components.params, pipelines.parameters, sys; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    for word in name.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("step", steps.STEPS, ids=lambda s: s.name)
+def test_every_run_parameter_is_an_option_with_help(step):
+    parser = _subparser(step.name)
+    dests = {a.dest.split(".")[0] for a in parser._actions if a.dest != "help"}
+    sections = {n for n in step.bind if n not in dests}  # whole sections: --params/--set
+    for p in step.parameters():
+        assert p.name in dests | sections | set(step.internal), f"{step.name}: {p.name}"
+    for a in parser._actions:
+        if a.dest != "help" and a.help is not argparse.SUPPRESS:
+            assert a.help, f"{step.name} {a.option_strings}: no help"
+
+
+def _kfp_arguments(task: steps.Task, params_yaml: str) -> dict:
+    """What the Kubeflow executor passes, artifacts laid out as DVC lays them out."""
+    from types import SimpleNamespace
+
+    from pipelines.executor import given_arguments
+    from pipelines.parameters import PARAM_KEYS, pipeline_defaults, step_params
+
+    def artifact(ref: str) -> SimpleNamespace:
+        return SimpleNamespace(path=f"data/{steps.split_ref(ref)[0]}", uri="")
+
+    values = {arg: artifact(ref) for arg, ref in task.inputs.items()}
+    values["out"] = SimpleNamespace(path=f"data/{task.name}", uri="", metadata={})
+    values["tracking_uri"] = ""
+    typed = {k: v for k, v in pipeline_defaults(params_from_text(params_yaml)).items()}
+    params = step_params(params_yaml, {k: typed[k] for k in PARAM_KEYS}, [])
+    return steps.arguments(task.spec, params, given_arguments(task, values))
+
+
+@pytest.mark.parametrize("task", steps.TASKS, ids=lambda t: t.name)
+def test_cli_dvc_and_kubeflow_pass_the_same_arguments(task, tmp_path, monkeypatch):
+    """The class of the old drift/min_size divergence: for the same params and paths,
+    the dvc.yaml command (through the CLI's parser) and the Kubeflow executor give
+    run() the same keyword arguments."""
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][task.name]
+    words = shlex.split(stage["cmd"])[1:]
+    options = vars(cli.build_parser().parse_args(words))
+    dvc = cli.run_arguments(task.spec, {k: v for k, v in options.items() if k not in cli._GLOBAL})
+    kfp = _kfp_arguments(task, (ROOT / "params.yaml").read_text())
+    for d in (dvc, kfp):  # who ran it, and where it is tracked: the drivers' own
+        d.pop("orchestrator", None)
+        d.pop("tracking_uri", None)
+
+    def plain(d: dict) -> dict:
+        out = {}
+        for k, v in d.items():
+            out[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out
+
+    assert plain(dvc) == plain(kfp)
+    if task.name == "drift":  # the member of the class that diverged before
+        assert "min_size" in dvc
+
+
+class _Guard:
+    """Params that answer only the keys a step declares (dotted prefixes)."""
+
+    def __init__(self, obj, path: str, keys: tuple[str, ...]):
+        self._obj, self._path, self._keys = obj, path, keys
+
+    def __getattr__(self, name):
+        key = f"{self._path}{name}"
+        prop = getattr(type(self._obj), name, None)
+        if isinstance(prop, property):  # computed from fields: check what it reads
+            return prop.fget(self)
+        if any(key == k or key.startswith(k + ".") for k in self._keys):
+            return getattr(self._obj, name)
+        if any(k.startswith(key + ".") for k in self._keys):
+            return _Guard(getattr(self._obj, name), key + ".", self._keys)
+        raise AssertionError(f"reads {key}, not declared in params_keys")
+
+
+@pytest.mark.parametrize("step", [s for s in steps.STEPS if s.bind], ids=lambda s: s.name)
+def test_bound_values_read_only_the_declared_params_keys(step):
+    keys = step.keys({"stage": "global"})
+    guarded = _Guard(Params(), "", keys)
+    for name, binding in step.bind.items():
+        if isinstance(binding, str):
+            assert any(binding == k or binding.startswith(k + ".") for k in keys), binding
+        elif binding(Params()) is not Params() and name != "params":
+            binding(guarded)
+
+
+def test_committed_dvc_yaml_is_current_and_a_stale_one_is_named(tmp_path, capsys):
+    assert cli.main(["pipeline", "dvc", "--check"]) == 0
+    stale = tmp_path / "dvc.yaml"
+    text = (ROOT / "dvc.yaml").read_text().replace("--splits val", "--splits train")
+    stale.write_text(text)
+    capsys.readouterr()
+    assert cli.main(["pipeline", "dvc", "--check", "--out", str(stale)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "stages.drift.cmd" in err and len(err.splitlines()) == 1
+
+
+def test_an_old_flag_spelling_gets_a_one_line_hint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["data", "synth", "--out", str(tmp_path / "d"), "--size", "64x32"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "--width W --height H" in err and len(err.splitlines()) == 1
+
+
+def test_no_import_cycle_and_the_command_line_on_top():
+    """Function-level imports included: model < components < pipelines < pix2pixhd."""
+    rank = {"model": 0, "components": 1, "pipelines": 2, "pix2pixhd": 3}
+    mods = {}
+    for top in rank:
+        for f in (ROOT / top).rglob("*.py"):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            mods[name] = f
+    graph = {}
+    for m, f in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            deps |= {n for n in names if n in mods and n != m}
+        graph[m] = deps
+        for d in deps:
+            assert rank[d.split(".")[0]] <= rank[m.split(".")[0]], f"{m} imports up: {d}"
+    seen, stack = set(), set()
+
+    def visit(m, path):
+        if m in stack:
+            raise AssertionError("import cycle: " + " -> ".join([*path, m]))
+        if m in seen:
+            return
+        stack.add(m)
+        for d in sorted(graph[m]):
+            visit(d, [*path, m])
+        stack.discard(m)
+        seen.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])

@@ -1,0 +1,7 @@
+"""``python -m pix2pixhd``: the command line."""
+
+import sys
+
+from pix2pixhd.cli import main
+
+sys.exit(main())
