@@ -16,7 +16,6 @@ from components.generate import Generator, generate_batch
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
 from model.errors import ConfigError, InputError
-from model.features import features_from_clusters
 from model.fileio import StagedFiles, prepare_out_dir, read_json, write_json
 from model.image_io import (
     label_to_tensor,
@@ -28,6 +27,7 @@ from model.image_io import (
     write_png,
 )
 from model.labels import colorize
+from model.model_contract import draw_features
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,10 @@ def run(
     label, inst = read_label(labels), read_instance(instances)
     if label.shape != inst.shape:
         raise InputError(f"{instances}: size differs from {labels}")
-    centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
+    centres = {
+        int(k): torch.as_tensor(v).float().numpy().reshape(len(v), -1)
+        for k, v in (ckpt.get("cluster_centers") or {}).items()
+    }
     if cfg.use_instance_features and not centres:
         raise InputError(f"{checkpoint}: no cluster centres: run `pix2pixhd features` first")
     if samples and not cfg.use_instance_features:
@@ -106,13 +109,9 @@ def run(
         override: dict[int, np.ndarray],
     ) -> np.ndarray:
         sample = {"label": label_to_tensor(lab), "instance": label_to_tensor(ins)}
-        if cfg.use_instance_features:
-            g = torch.Generator().manual_seed(gen_seed)
-            it = sample["instance"][None]
-            feats = features_from_clusters(it, centres, cfg.encoder.feat_num, g, choice)[0]
-            for inst_id, vec in override.items():
-                feats[:, it[0, 0] == inst_id] = torch.from_numpy(vec).float()[:, None]
-            sample["features"] = feats
+        if cfg.use_instance_features:  # as serve's /v1/edit: model.model_contract
+            feats = draw_features(ins, centres, cfg.encoder.feat_num, gen_seed, choice, override)
+            sample["features"] = torch.from_numpy(feats)
         return tensor_to_rgb(generate_batch(gen, [sample])[0])
 
     before = render(label, inst, seed, {}, {})

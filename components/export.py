@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 # max |onnxruntime - PyTorch| accepted for an fp32 graph (images in [-1, 1]; 1/255 is
 # one 8-bit level): the cached graphs of `components.engine` must meet it.
 PARITY_ATOL = 1e-4
-SERVING_FORMAT = "pyfunc-onnx-1"  # bump when the pyfunc wrapper's contract changes
+# bump when the pyfunc wrapper's contract changes (2: model.model_contract's feature draws
+# and smallest sizes)
+SERVING_FORMAT = "pyfunc-onnx-2"
 
 
 def parity(model: Any, onnx_path: Path, sizes: tuple[tuple[int, int, int], ...]) -> float:
@@ -88,6 +90,25 @@ def serving_signature(model: Any, centres: bool) -> tuple[Any, dict[str, np.ndar
     return signature, example
 
 
+def code_packages(root: Path) -> list[str]:
+    """The python model's code under ``root``, as packages of the same import names:
+    ``components/pyfunc_model.py`` and the project modules it imports
+    (``model/model_contract.py``, ``model/errors.py``), each package with an empty
+    ``__init__.py``. Passed as ``code_paths``, they let the pickled model load where the
+    project is not installed."""
+    from components import pyfunc_model
+    from model import errors, model_contract
+
+    shipped = {"components": (pyfunc_model,), "model": (model_contract, errors)}
+    for package, modules in shipped.items():
+        (root / package).mkdir(parents=True)
+        (root / package / "__init__.py").write_text("")
+        for module in modules:
+            source = Path(module.__file__)
+            (root / package / source.name).write_text(source.read_text())
+    return [str(root / package) for package in shipped]
+
+
 def log_servable_model(
     onnx_path: Path, checkpoint: Path, signature: Any, example: dict[str, np.ndarray]
 ) -> Any:
@@ -99,12 +120,6 @@ def log_servable_model(
     from components import pyfunc_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        # the wrapper travels as a one-module package of the same import name, so the
-        # pickled model loads where the project is not installed
-        pkg = Path(tmp) / "components"
-        pkg.mkdir()
-        (pkg / "__init__.py").write_text("")
-        (pkg / "pyfunc_model.py").write_text(Path(pyfunc_model.__file__).read_text())
         return mlflow.pyfunc.log_model(
             name="generator",
             python_model=pyfunc_model.OnnxGenerator(),
@@ -112,7 +127,7 @@ def log_servable_model(
                 pyfunc_model.ONNX_ARTIFACT: str(onnx_path),
                 pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint),
             },
-            code_paths=[str(pkg)],
+            code_paths=code_packages(Path(tmp)),
             signature=signature,
             input_example=(example, {"seed": 0}),
             pip_requirements=[

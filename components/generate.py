@@ -6,24 +6,20 @@ cannot take are padded (edge replication) to the next valid size and cropped bac
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.checkpoint import build_model, load_checkpoint
 from model.device import resolve_device
-from model.encoding import check_label_range, check_size
 from model.errors import ConfigError, InputError
-from model.features import features_from_clusters
 from model.fileio import prepare_out_dir, write_json
 from model.image_io import (
     index_by_stem,
@@ -36,6 +32,7 @@ from model.image_io import (
     tensor_to_rgb,
     write_png,
 )
+from model.model_contract import ModelInfo, draw_batch_features, onnx_feeds, pad_to
 from model.pix2pixhd import Pix2PixHD
 
 log = logging.getLogger(__name__)
@@ -72,16 +69,6 @@ def pair_inputs(
     return samples
 
 
-def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    ph, pw = height - x.shape[-2], width - x.shape[-1]
-    if ph == 0 and pw == 0:
-        return x
-    if x.dtype.is_floating_point:
-        return F.pad(x, (0, pw, 0, ph), mode="replicate")
-    # replicate padding is float-only: pad integer maps through float64 (exact for ids).
-    return F.pad(x.to(torch.float64), (0, pw, 0, ph), mode="replicate").to(x.dtype)
-
-
 def _same_size(t: torch.Tensor, path: Path, label: torch.Tensor, label_path: Path) -> torch.Tensor:
     if t.shape[-2:] != label.shape[-2:]:
         raise InputError(
@@ -110,18 +97,38 @@ def _load(sample: Sample, label_nc: int) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Generator:
-    """What generation needs from a model: PyTorch (a checkpoint) or ONNX Runtime."""
+    """What generation needs from a model: PyTorch (a checkpoint), ONNX Runtime or an
+    MLflow pyfunc model. ``info`` is the model's contract (``model.model_contract``)."""
 
-    label_nc: int
-    use_instance_map: bool
-    use_instance_features: bool
-    feat_num: int
-    size_multiple: int
-    centres: dict[int, torch.Tensor]
+    info: ModelInfo
     fn: Callable[..., torch.Tensor]  # (label, instance, image, features) -> image
     device: torch.device  # where input tensors go
-    engine: str = "torch"  # torch | onnx
+    engine: str = "torch"  # torch | onnx | mlflow-pyfunc
     where: str = "cpu"  # what runs it: a torch device, or onnxruntime's provider
+
+    @property
+    def label_nc(self) -> int:
+        return self.info.label_nc
+
+    @property
+    def use_instance_map(self) -> bool:
+        return self.info.use_instance_map
+
+    @property
+    def use_instance_features(self) -> bool:
+        return self.info.use_instance_features
+
+    @property
+    def feat_num(self) -> int:
+        return self.info.feat_num
+
+    @property
+    def size_multiple(self) -> int:
+        return self.info.size_multiple
+
+    @property
+    def centres(self) -> Mapping[int, np.ndarray]:
+        return self.info.centres
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> Generator:
@@ -142,32 +149,25 @@ class Generator:
             with autocast:
                 return model.generate(label, inst, image=image, features=features).float()
 
-        centres = {int(k): v for k, v in (cluster_centers or {}).items()}
-        return cls(
-            cfg.label_nc,
-            cfg.use_instance_map,
-            cfg.use_instance_features,
-            cfg.encoder.feat_num,
-            cfg.generator.size_multiple,
-            centres,
-            fn,
-            device,
-            engine="torch",
-            where=str(device),
+        info = ModelInfo(
+            label_nc=cfg.label_nc,
+            use_instance_map=cfg.use_instance_map,
+            use_instance_features=cfg.use_instance_features,
+            feat_num=cfg.encoder.feat_num,
+            size_multiple=cfg.generator.size_multiple,
+            centres={
+                int(k): torch.as_tensor(v).float().numpy().reshape(len(v), -1)
+                for k, v in (cluster_centers or {}).items()
+            },
         )
+        return cls(info, fn, device, engine="torch", where=str(device))
 
     @classmethod
     def from_onnx(cls, path: Path, device: str = "cpu", threads: int | None = None) -> Generator:
         from components.engine import make_session
 
         session = make_session(path, device, threads)
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("producer") != "pix2pixhd-pipeline":
-            raise InputError(f"{path}: not exported by `pix2pixhd export`")
-        names = [i.name for i in session.get_inputs()]
-        label_nc, size_multiple = int(meta["label_nc"]), int(meta["size_multiple"])
-        raw = json.loads(meta.get("cluster_centers", "{}"))
-        centres = {int(k): torch.tensor(v) for k, v in raw.items()}
+        info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, path)
 
         def fn(label, inst, image, features):
             if image is not None:
@@ -175,27 +175,15 @@ class Generator:
                     "ONNX models cannot encode features from photos: drop "
                     "--images (features come from the cluster centres)"
                 )
-            check_size(label.shape[-2], label.shape[-1], size_multiple)
-            check_label_range(label, label_nc)  # the graph would one-hot them silently
-            feeds = {"label": label.numpy()}
-            if "instance" in names:
-                feeds["instance"] = inst.numpy()
-            if "features" in names:
-                feeds["features"] = features.numpy().astype(np.float32)
+            feeds = onnx_feeds(
+                info,
+                label.numpy(),
+                None if inst is None else inst.numpy(),
+                None if features is None else features.numpy(),
+            )
             return torch.from_numpy(session.run(None, feeds)[0])
 
-        return cls(
-            label_nc,
-            meta["use_instance_map"] == "true",
-            meta["use_instance_features"] == "true",
-            int(meta["feat_num"]),
-            size_multiple,
-            centres,
-            fn,
-            torch.device("cpu"),
-            engine="onnx",
-            where=session.get_providers()[0],
-        )
+        return cls(info, fn, torch.device("cpu"), engine="onnx", where=session.get_providers()[0])
 
     @classmethod
     def from_mlflow(cls, uri: str) -> Generator:
@@ -210,7 +198,7 @@ class Generator:
         except (MlflowException, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"{uri}: not a loadable MLflow model: {first}") from None
-        if not hasattr(wrapper, "size_multiple"):
+        if not isinstance(getattr(wrapper, "info", None), ModelInfo):
             raise InputError(f"{uri}: not a generator logged by `pix2pixhd export`")
 
         def fn(label, inst, image, features):
@@ -229,12 +217,7 @@ class Generator:
             return torch.from_numpy(wrapper.predict(None, feeds))
 
         return cls(
-            wrapper.label_nc,
-            wrapper.use_instance_map,
-            wrapper.use_instance_features,
-            wrapper.feat_num,
-            wrapper.size_multiple,
-            {k: torch.from_numpy(v) for k, v in wrapper.centres.items()},
+            wrapper.info,
             fn,
             torch.device("cpu"),
             engine="mlflow-pyfunc",
@@ -243,28 +226,29 @@ class Generator:
 
 
 def generate_batch(
-    gen: Generator,
-    batch: list[dict[str, torch.Tensor]],
-    generator: torch.Generator | None = None,
+    gen: Generator, batch: list[dict[str, torch.Tensor]], seed: int = 0
 ) -> list[torch.Tensor]:
-    """Generate one batch of same-size samples at their native size. A sample's
-    ``features`` (feat_num x H x W) are used as given; otherwise they are encoded from
-    its ``image``, else drawn from the cluster centres."""
+    """Generate one batch of same-size samples at their native size (edge-padded to the
+    graph's size and cropped back, ``model.model_contract``). A sample's ``features``
+    (feat_num x H x W) are used as given; otherwise they are encoded from its ``image``,
+    else drawn from the cluster centres by ``seed`` and each instance id."""
     h, w = batch[0]["label"].shape[-2:]
-    m = gen.size_multiple
-    ph, pw = -(-h // m) * m, -(-w // m) * m
+    size = gen.info.graph_size(h, w)
 
-    def stack(key: str) -> torch.Tensor | None:
+    def stack(key: str) -> np.ndarray | None:
         if key not in batch[0]:
             return None
-        return _pad_to(torch.stack([b[key] for b in batch]), ph, pw).to(gen.device)
+        return torch.stack([b[key] for b in batch]).cpu().numpy()
 
     label, inst, image = stack("label"), stack("instance"), stack("image")
     features = stack("features")
     if gen.use_instance_features and image is None and features is None:
-        features = features_from_clusters(inst.cpu(), gen.centres, gen.feat_num, generator)
-        features = features.to(gen.device)
-    fake = gen.fn(label, inst, image, features)
+        features = draw_batch_features(inst, gen.centres, gen.feat_num, seed)
+
+    def padded(x: np.ndarray | None) -> torch.Tensor | None:
+        return None if x is None else torch.from_numpy(pad_to(x, *size)).to(gen.device)
+
+    fake = gen.fn(padded(label), padded(inst), padded(image), padded(features))
     return [f[:, :h, :w].float().cpu() for f in fake]
 
 
@@ -323,12 +307,11 @@ def run(
         images if gen.use_instance_features else None,
         need_instances=gen.use_instance_map,
     )
-    rng = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     pending: list[tuple[Sample, dict[str, torch.Tensor]]] = []
 
     def flush() -> None:
-        fakes = generate_batch(gen, [t for _, t in pending], rng)
+        fakes = generate_batch(gen, [t for _, t in pending], seed)
         for (sample, _), fake in zip(pending, fakes, strict=True):
             write_png(out / f"{sample.stem}.png", tensor_to_rgb(fake))
         pending.clear()

@@ -1,33 +1,34 @@
 """The registered generator as an MLflow pyfunc model, served by ONNX Runtime.
 
-Self-contained on purpose: it imports numpy, onnxruntime and mlflow only (no torch, no
-project code), because it is shipped with the model (``code_paths``) and loaded where
-only the model's pinned requirements are installed (``mlflow models serve``, KServe).
+It imports numpy, onnxruntime, mlflow and, of the project, only ``model.model_contract``
+(and ``model.errors``): no torch. Those modules travel with the logged model as
+``code_paths``, as packages of the same import names (``code/components/``,
+``code/model/``; ``components/export.py``), so the same import works inside the project
+and where only the model's pinned requirements are installed (``mlflow models serve``,
+KServe).
 
-Contract, the same as the ONNX graph's (``model.export``) at any size:
+Contract (``model.model_contract``, the same as `pix2pixhd generate --onnx` and `serve`):
 input a dict ``{"label": int64 (N, 1, H, W), "instance": int64 (N, 1, H, W)}`` (instance
 only for models that use instance maps; ``features`` float32 (N, feat_num, H, W) may be
 given to the python model directly), output float32 ``(N, 3, H, W)`` in [-1, 1]. H and W
-are the caller's: inputs are padded (edge replication) to the graph's size multiple and
-the image is cropped back, as ``pix2pixhd generate`` does. Models with instance
-features and cluster centres draw each instance's feature from its class's centres
-(seeded by the ``seed`` param) when no features are given.
+are the caller's: the maps are edge-padded to the graph's size and the image is cropped
+back. Models with instance features and cluster centres draw each instance's feature
+from its class's centres by (``seed`` param, instance id) when no features are given.
+8-bit images: ``model.model_contract.to_uint8`` (round((clip(x, -1, 1) + 1) * 127.5)).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+from model.errors import InputError
+from model.model_contract import ModelInfo, crop, onnx_feeds
+
 ONNX_ARTIFACT = "onnx"  # artifact keys of the logged model
 CHECKPOINT_ARTIFACT = "checkpoint"
-
-
-def _class_of(instance_id: int) -> int:
-    return instance_id // 1000 if instance_id >= 1000 else instance_id
 
 
 def _bad(message: str) -> Exception:
@@ -35,32 +36,6 @@ def _bad(message: str) -> Exception:
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def draw_features(
-    instance: np.ndarray, centres: dict[int, np.ndarray], feat_num: int, seed: int
-) -> np.ndarray:
-    """(N, 1, H, W) instance ids -> (N, feat_num, H, W): each instance takes one random
-    centre of its class; classes without centres get zeros (model.features does the same
-    with torch)."""
-    rng = np.random.default_rng(seed)
-    n, _, h, w = instance.shape
-    out = np.zeros((n, feat_num, h, w), np.float32)
-    for b in range(n):
-        for i in np.unique(instance[b]):
-            c = centres.get(_class_of(int(i)))
-            if c is None or len(c) == 0:
-                continue
-            mask = instance[b, 0] == i
-            out[b][:, mask] = c[int(rng.integers(len(c)))][:, None]
-    return out
-
-
-def _pad(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
 
 
 class OnnxGenerator(PythonModel):
@@ -77,19 +52,10 @@ class OnnxGenerator(PythonModel):
         opts = ort.SessionOptions()  # as components.engine: no arena, no memory pattern
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
-        self.session = ort.InferenceSession(
-            context.artifacts[ONNX_ARTIFACT], opts, providers=providers
-        )
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.meta = dict(meta)
+        path = context.artifacts[ONNX_ARTIFACT]
+        self.session = ort.InferenceSession(path, opts, providers=providers)
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.size_multiple = int(meta["size_multiple"])
-        self.label_nc = int(meta["label_nc"])
-        self.use_instance_map = meta["use_instance_map"] == "true"
-        self.use_instance_features = meta["use_instance_features"] == "true"
-        self.feat_num = int(meta["feat_num"])
-        raw = json.loads(meta.get("cluster_centers", "{}"))
-        self.centres = {int(k): np.asarray(v, np.float32) for k, v in raw.items()}
 
     def _map(self, inputs: dict, name: str) -> np.ndarray:
         if name not in inputs or inputs[name] is None:
@@ -99,36 +65,27 @@ class OnnxGenerator(PythonModel):
             raise _bad(f"input '{name}': expected int64 (N, 1, H, W), got {x.dtype} {x.shape}")
         return x.astype(np.int64, copy=False)
 
-    # no type hints: MLflow would read them as a schema; the logged signature is the contract
-    def predict(self, context, model_input, params=None):
+    # MLflow 3 reads this hint. np.ndarray is one of the hints it takes without inferring
+    # a schema from it, so the logged TensorSpec signature stays the contract; with named
+    # tensors pyfunc passes a dict of arrays (checked below). `dict[str, np.ndarray]`
+    # would be reported at every import as a hint MLflow does not support.
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        info = self.info
         if not isinstance(model_input, dict):
             raise _bad(f"expected a dict of arrays {self.inputs}, got {type(model_input).__name__}")
         label = self._map(model_input, "label")
-        n, _, h, w = label.shape
-        if label.min() < 0 or label.max() >= self.label_nc:
-            raise _bad(f"input 'label': ids must be in [0, {self.label_nc}), got {label.max()}")
-        feeds = {"label": label}
-        if self.use_instance_map:
-            inst = self._map(model_input, "instance")
-            if inst.shape != label.shape:
-                raise _bad(f"input 'instance': shape {inst.shape} differs from label {label.shape}")
-            feeds["instance"] = inst
-        if self.use_instance_features:
-            feats = model_input.get("features")
-            if feats is None:
-                if not self.centres:
-                    raise _bad("input 'features' is missing and the model has no cluster centres")
-                seed = int((params or {}).get("seed", 0))
-                feats = draw_features(feeds["instance"], self.centres, self.feat_num, seed)
-            feats = np.asarray(feats, np.float32)
-            if feats.shape != (n, self.feat_num, h, w):
-                raise _bad(
-                    f"input 'features': expected float32 {(n, self.feat_num, h, w)}, "
-                    f"got {feats.shape}"
-                )
-            feeds["features"] = feats
-        m = self.size_multiple
-        ph, pw = -(-h // m) * m, -(-w // m) * m
-        feeds = {k: _pad(v, ph, pw) for k, v in feeds.items()}
+        if label.min() < 0 or label.max() >= info.label_nc:
+            raise _bad(f"input 'label': ids must be in [0, {info.label_nc}), got {label.max()}")
+        inst = self._map(model_input, "instance") if info.use_instance_map else None
+        feats = model_input.get("features") if info.use_instance_features else None
+        if info.use_instance_features and feats is None and not info.centres:
+            raise _bad("input 'features' is missing and the model has no cluster centres")
+        try:
+            feeds = onnx_feeds(info, label, inst, feats, seed=int((params or {}).get("seed", 0)))
+        except InputError as exc:
+            raise _bad(f"input {exc}") from None
         image = self.session.run(None, feeds)[0]
-        return np.ascontiguousarray(image[:, :, :h, :w], dtype=np.float32)
+        n, _, h, w = label.shape
+        return np.ascontiguousarray(crop(image, h, w), dtype=np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 
 from model.errors import InputError
 from model.labels import LABELS, NAME_TO_ID
+from model.model_contract import class_of
 
 _THINGS = {lab.id for lab in LABELS if lab.has_instances}
 _KEYS = {
@@ -186,7 +187,7 @@ def apply_edits(
         else:  # style
             mask = existing(edit["instance"])
             inst_id = int(edit["instance"])
-            cls = inst_id // 1000 if inst_id >= 1000 else inst_id
+            cls = class_of(inst_id)
             if "cluster" in edit:
                 k = edit["cluster"]
                 available = 0 if centres is None or cls not in centres else len(centres[cls])

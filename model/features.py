@@ -16,11 +16,8 @@ import numpy as np
 import torch
 
 from model.config import FeatureConfig
+from model.model_contract import class_of
 from model.pix2pixhd import Pix2PixHD
-
-
-def class_of(instance_id: int) -> int:
-    return instance_id // 1000 if instance_id >= 1000 else instance_id
 
 
 def instance_features(
@@ -70,7 +67,8 @@ def features_from_clusters(
 ) -> torch.Tensor:
     """(N, 1, H, W) instance ids -> (N, feat_num, H, W): each instance takes one centre of
     its class (``choice[id]`` if given, else drawn at random). Classes without clusters
-    get zeros (the reference left them uninitialised)."""
+    get zeros (the reference left them uninitialised). Training-side draws (evaluate,
+    int8 calibration); what a served model draws is ``model.model_contract.draw_features``."""
     n, _, h, w = instance.shape
     out = torch.zeros(n, feat_num, h, w)
     choice = choice or {}

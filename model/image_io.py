@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from model.errors import InputError
 from model.fileio import atomic_open
+from model.model_contract import to_rgb
 
 # Decompression bombs: an image whose header declares more pixels than this is refused
 # before it is decoded. PIX2PIXHD_MAX_IMAGE_PIXELS raises (or lowers) the limit.
@@ -193,8 +194,5 @@ def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_rgb(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, rounding to nearest."""
-    import torch
-
-    t = ((image.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return t.permute(1, 2, 0).cpu().numpy()
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8 (``model.model_contract.to_rgb``)."""
+    return to_rgb(image.detach().float().cpu().numpy())

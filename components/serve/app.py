@@ -50,6 +50,7 @@ from components.serve.maps import (
 from model.editing import apply_edits
 from model.errors import InputError
 from model.labels import LABELS
+from model.model_contract import class_of
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def _styles(value: Any) -> dict[int, int]:
 def _check_styles(engine: Engine, instance: np.ndarray | None, styles: dict[int, int]) -> None:
     present = set() if instance is None else set(np.unique(instance).tolist())
     for inst, k in styles.items():
-        cls = inst // 1000 if inst >= 1000 else inst
+        cls = class_of(inst)
         n = len(engine.info.centres.get(cls, ()))
         if inst not in present:
             raise ApiError(400, "styles", f"styles: instance {inst} is not in the instance map")
