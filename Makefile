@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# generated files are current: dvc.yaml (from components/steps.py), docs/params.md
+	$(BIN)/pix2pixhd pipeline dvc --check >/dev/null
+	$(BIN)/python -m components.params_doc --check
 
 test: setup lint
 	$(BIN)/python -m pytest tests

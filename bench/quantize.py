@@ -39,7 +39,7 @@ def _profile(path: Path, feed: dict, threads: int, tmp: Path) -> dict[str, float
     """Milliseconds per op type in one ONNX Runtime run (after a warm-up)."""
     import onnxruntime as ort
 
-    from components.engine import session_options
+    from components.onnx_session import session_options
 
     opts = session_options(threads)
     opts.enable_profiling = True
@@ -62,7 +62,7 @@ def paper_size(data: Path, threads: int, tmp: Path) -> dict:
     import numpy as np
     import torch
 
-    from components.engine import make_session
+    from components.onnx_session import make_session
     from components.quantize import calibration_feeds, op_counts, quantize_int8
     from model.config import GeneratorConfig, ModelConfig
     from model.export import export_onnx
@@ -124,8 +124,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from components.engine import make_session
     from components.export import parity
+    from components.onnx_session import make_session
     from components.quantize import calibration_feeds, op_counts, quantize_int8
     from components.segmenter import load_segmenter
     from model.checkpoint import build_model, load_checkpoint

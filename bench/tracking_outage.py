@@ -90,7 +90,7 @@ def main() -> None:
     data = work / "data"
     subprocess.run(
         [sys.executable, "-m", "pix2pixhd", "data", "synth", "--out", str(data),
-         "--num-train", "8", "--num-val", "4", "--size", "64x32"],
+         "--num-train", "8", "--num-val", "4", "--width", "64", "--height", "32"],
         check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     ro = work / "ro"

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.datasets import LAYOUTS, boundary_file, detect_layout, find_samples
+from components.signature import PositiveInt
+from model.datasets import LAYOUTS, LayoutOrAuto, boundary_file, detect_layout, find_samples
 from model.errors import InputError
 from model.fileio import prepare_out_dir, write_json
 
@@ -44,9 +45,9 @@ def _one(job: tuple[str, str]) -> str:
 def run(
     data: Path,
     out: Path,
-    layout: str = "auto",
+    layout: LayoutOrAuto = "auto",
     splits: tuple[str, ...] = ("train", "val"),
-    workers: int | None = None,
+    workers: PositiveInt | None = None,
 ) -> dict[str, Any]:
     """Write one boundary map per instance map (skipping maps already up to date).
 

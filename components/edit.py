@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.engine import load_generator
-from components.generate import Generator, generate_batch
+from components.engine import Engine
+from components.generate import Generator, generate_batch, load_generator
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
 from model.errors import ConfigError, InputError
@@ -40,9 +40,11 @@ def run(
     edits: Path | None = None,
     samples: int = 0,
     seed: int = 0,
-    engine: str = "auto",
+    engine: Engine = "auto",
 ) -> dict[str, Any]:
-    """Outputs (maps, images, summary) are replaced together, or not at all.
+    """Semantic manipulation: edit a label map and generate before/after images.
+
+    Outputs (maps, images, summary) are replaced together, or not at all.
 
     Args:
         checkpoint: the generator checkpoint.

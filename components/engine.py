@@ -8,16 +8,8 @@ again, and the stale graph of the same checkpoint name is removed. The write is 
 ``PARITY_ATOL`` before it is used. Where the checkpoint's folder is not writable, the
 graph is cached under ``$PIX2PIXHD_CACHE/onnx`` (default ``~/.cache/pix2pixhd/onnx``).
 
-``load_generator`` is the one entry point for ``generate``, ``edit`` and serving:
-
-    gen = load_generator(checkpoint=Path("model.pth"))           # ONNX Runtime (cached graph)
-    gen = load_generator(onnx=Path("model.onnx"))                 # ONNX Runtime
-    gen = load_generator(checkpoint=..., engine="torch")          # PyTorch eager
-
-``engine="auto"`` (the default) is ONNX Runtime unless the work needs PyTorch: features
-encoded from photos (the encoder is not in the graph), RGB-label models (``label_nc``
-0, not exportable), or a CUDA device without onnxruntime's CUDA provider.
-``engine="onnx"`` in those cases is an error that says why.
+Which engine runs a piece of work (``auto``, ``onnx``, ``torch``) is decided by
+``components.generate.load_generator``; sessions are made by ``components.onnx_session``.
 """
 
 from __future__ import annotations
@@ -27,69 +19,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from model.errors import InputError
-
-if TYPE_CHECKING:
-    from components.generate import Generator
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "onnx", "torch"]
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 HASH_CHARS = 16
-
-
-def session_options(threads: int | None = None) -> Any:
-    """The project's ONNX Runtime session options (generate, edit, serve, bench).
-
-    Peak memory (measured in bench/ort_vs_torch.py): ORT's CPU arena grows in
-    power-of-two chunks and keeps them, and the memory pattern planner reserves one
-    block for all activations of a run; for this fully convolutional generator at
-    1024x512 and above both add hundreds of MB over what the run needs. With the arena
-    and the pattern off, buffers are malloc'd and freed per node, and peak RSS drops
-    below PyTorch's at no measurable time cost (the convolutions dominate).
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return opts
-
-
-def providers(device: str = "cpu") -> list[str]:
-    import onnxruntime as ort
-
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise InputError(
-                f"device {device!r} with the onnx engine needs onnxruntime-gpu "
-                "(CUDAExecutionProvider): install it, or pass --engine torch"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def make_session(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An InferenceSession on ``path`` with the project's options; a bad file is an
-    InputError naming it."""
-    import onnxruntime as ort
-
-    from model.onnx_integrity import load_verified
-
-    _, data = load_verified(path)  # content hash checked: flipped bytes are an error
-    try:
-        return ort.InferenceSession(data, session_options(threads), providers=providers(device))
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
 
 
 def file_hash(path: Path) -> str:
@@ -157,59 +95,3 @@ def cached_onnx(checkpoint: Path) -> Path:
         if old != path and len(old.name) == len(path.name):
             old.unlink(missing_ok=True)
     return path
-
-
-def choose(engine: str, *, onnx: Path | None, device: str, encode_photos: bool = False) -> str:
-    """Resolve ``engine`` (auto | onnx | torch) to ``onnx`` or ``torch`` for this work
-    (what the model itself allows is checked when its graph is made)."""
-    import onnxruntime as ort
-
-    if engine not in ENGINES:
-        raise InputError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if onnx is not None:
-        if engine == "torch":
-            raise InputError("--engine torch needs --checkpoint (an ONNX file runs in onnxruntime)")
-        return "onnx"
-    if engine == "torch":
-        return "torch"
-    why_not = None
-    if encode_photos:
-        why_not = "features encoded from photos need the encoder, which is not in the graph"
-    elif device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
-        why_not = "onnxruntime has no CUDA provider here (install onnxruntime-gpu)"
-    if why_not is None:
-        return "onnx"
-    if engine == "onnx":
-        raise InputError(f"--engine onnx: {why_not}; use --engine torch")
-    log.info("engine auto: PyTorch (%s)", why_not)
-    return "torch"
-
-
-def load_generator(
-    checkpoint: Path | None = None,
-    onnx: Path | None = None,
-    engine: str = "auto",
-    device: str = "auto",
-    encode_photos: bool = False,
-    threads: int | None = None,
-) -> Generator:
-    """A ready ``components.generate.Generator`` for a checkpoint or an ONNX file.
-
-    ``encode_photos``: the caller will pass photos to encode instance features from
-    (needs PyTorch). The engine that runs is ``gen.engine`` (``onnx`` or ``torch``)."""
-    from components.generate import Generator, resolve_device
-
-    if (checkpoint is None) == (onnx is None):
-        raise InputError("give exactly one of --checkpoint and --onnx")
-    dev = resolve_device(device)
-    chosen = choose(engine, onnx=onnx, device=dev.type, encode_photos=encode_photos)
-    if chosen == "onnx":
-        try:
-            path = onnx if onnx is not None else cached_onnx(checkpoint)
-        except NotExportable as exc:
-            if engine == "onnx":
-                raise
-            log.info("engine auto: PyTorch (%s)", exc)
-        else:
-            return Generator.from_onnx(path, device=dev.type, threads=threads)
-    return Generator.from_checkpoint(checkpoint, dev)

@@ -41,9 +41,9 @@ from tqdm import tqdm
 from components.export import file_sha256
 from components.params import EvaluateParams
 from components.segmenter import load_segmenter
-from components.tracking import Tracker, dataset_hash, run_tags
+from components.tracking import Orchestrator, Tracker, dataset_hash, run_tags
 from model.checkpoint import build_model, load_checkpoint
-from model.datasets import PairedDataset, detect_layout, find_samples
+from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import features_from_clusters
 from model.fileio import StagedFiles, atomic_open, prepare_out_dir, write_json
@@ -240,10 +240,10 @@ def run(
     data: Path,
     out: Path,
     params: EvaluateParams | None = None,
-    layout: str = "auto",
+    layout: LayoutOrAuto = "auto",
     tracking: bool = True,
     tracking_uri: str | None = None,
-    orchestrator: str | None = None,
+    orchestrator: Orchestrator | None = None,
     experiment: str = "pix2pixhd",
     data_summary: Path | None = None,
     palette: str = "",

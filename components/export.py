@@ -15,13 +15,15 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from components.registry import RegistryError
-from components.tracking import Tracker, run_tags
+from components.signature import PositiveInt
+from components.tracking import Orchestrator, Tracker, run_tags
 from model.checkpoint import build_model, load_checkpoint
+from model.datasets import LayoutOrAuto
 from model.errors import InputError
 from model.export import example_inputs, export_onnx, graph_hash, input_names, load_verified
 from model.fileio import StagedFiles, prepare_out_file, write_json, write_metrics
@@ -38,7 +40,7 @@ SERVING_FORMAT = "pyfunc-onnx-2"
 
 def parity(model: Any, onnx_path: Path, sizes: tuple[tuple[int, int, int], ...]) -> float:
     """Max |onnxruntime - PyTorch| over random inputs of the given (N, H, W)."""
-    from components.engine import make_session
+    from components.onnx_session import make_session
 
     session = make_session(onnx_path)
     names = input_names(model)
@@ -160,14 +162,16 @@ def run(
     tracking_uri: str | None = None,
     evaluation: Path | None = None,
     experiment: str = "pix2pixhd",
-    orchestrator: str | None = None,
+    orchestrator: Orchestrator | None = None,
     tracking_optional: bool = False,
-    quantize: str | None = None,
+    quantize: Literal["int8"] | None = None,
     data: Path | None = None,
-    calibration_samples: int = 16,
-    layout: str = "auto",
+    calibration_samples: PositiveInt = 16,
+    layout: LayoutOrAuto = "auto",
 ) -> dict[str, Any]:
-    """With ``evaluation``, registering the model is required: a store that cannot be
+    """Export the generator to ONNX (label ids in, image out) and log it as a pyfunc model.
+
+    With ``evaluation``, registering the model is required: a store that cannot be
     reached stops the step before the work, a failed registration is an error (exit 2)
     and no registration.json is left for `promote`; with ``tracking_optional`` the step
     finishes and registration.json records why nothing was registered. The graphs and

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from components.signature import PositiveInt
 from model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from model.datasets import PairedDataset, detect_layout, find_samples
+from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import FeatureConfig, cluster_features, instance_features
 from model.fileio import prepare_out_dir, write_json, write_metrics
@@ -28,8 +29,8 @@ def run(
     data: Path,
     out: Path,
     cfg: FeatureConfig | None = None,
-    layout: str = "auto",
-    batch_size: int = 4,
+    layout: LayoutOrAuto = "auto",
+    batch_size: PositiveInt = 4,
     palette: str = "",
 ) -> dict[str, Any]:
     """Cluster instance features into the checkpoint (the encoder E, k-means per class).

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from components.engine import ENGINES, Engine, NotExportable, cached_onnx
+from components.signature import PositiveInt
 from model.checkpoint import build_model, load_checkpoint
 from model.device import resolve_device
 from model.errors import ConfigError, InputError
@@ -164,7 +166,7 @@ class Generator:
 
     @classmethod
     def from_onnx(cls, path: Path, device: str = "cpu", threads: int | None = None) -> Generator:
-        from components.engine import make_session
+        from components.onnx_session import make_session
 
         session = make_session(path, device, threads)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, path)
@@ -258,14 +260,16 @@ def run(
     out: Path,
     instances: Path | None = None,
     images: Path | None = None,
-    batch_size: int = 4,
+    batch_size: PositiveInt = 4,
     device: str = "auto",
     seed: int = 0,
     onnx: Path | None = None,
-    engine: str = "auto",
+    engine: Engine = "auto",
     model: str | None = None,
 ) -> dict[str, Any]:
-    """Generate one PNG per label map into ``out`` with a checkpoint or an exported ONNX
+    """Generate photos from label maps with a checkpoint, an ONNX model or an MLflow model.
+
+    Generate one PNG per label map into ``out`` with a checkpoint or an exported ONNX
     model, in ONNX Runtime (default; a checkpoint's graph is exported once and cached)
     or PyTorch (``engine="torch"``; see ``components.engine``), or with an MLflow model
     URI (``models:/NAME@champion``: the registered pyfunc model); returns and writes a
@@ -284,7 +288,6 @@ def run(
         engine: ``auto``, ``onnx`` or ``torch``.
         model: an MLflow model URI instead of a checkpoint.
     """
-    from components.engine import load_generator
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1")
@@ -342,3 +345,57 @@ def run(
         summary["seconds_per_image"],
     )
     return summary
+
+
+def choose(engine: str, *, onnx: Path | None, device: str, encode_photos: bool = False) -> str:
+    """Resolve ``engine`` (auto | onnx | torch) to ``onnx`` or ``torch`` for this work
+    (what the model itself allows is checked when its graph is made)."""
+    import onnxruntime as ort
+
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if onnx is not None:
+        if engine == "torch":
+            raise InputError("--engine torch needs --checkpoint (an ONNX file runs in onnxruntime)")
+        return "onnx"
+    if engine == "torch":
+        return "torch"
+    why_not = None
+    if encode_photos:
+        why_not = "features encoded from photos need the encoder, which is not in the graph"
+    elif device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+        why_not = "onnxruntime has no CUDA provider here (install onnxruntime-gpu)"
+    if why_not is None:
+        return "onnx"
+    if engine == "onnx":
+        raise InputError(f"--engine onnx: {why_not}; use --engine torch")
+    log.info("engine auto: PyTorch (%s)", why_not)
+    return "torch"
+
+
+def load_generator(
+    checkpoint: Path | None = None,
+    onnx: Path | None = None,
+    engine: Engine = "auto",
+    device: str = "auto",
+    encode_photos: bool = False,
+    threads: int | None = None,
+) -> Generator:
+    """A ready ``components.generate.Generator`` for a checkpoint or an ONNX file.
+
+    ``encode_photos``: the caller will pass photos to encode instance features from
+    (needs PyTorch). The engine that runs is ``gen.engine`` (``onnx`` or ``torch``)."""
+    if (checkpoint is None) == (onnx is None):
+        raise InputError("give exactly one of --checkpoint and --onnx")
+    dev = resolve_device(device)
+    chosen = choose(engine, onnx=onnx, device=dev.type, encode_photos=encode_photos)
+    if chosen == "onnx":
+        try:
+            path = onnx if onnx is not None else cached_onnx(checkpoint)
+        except NotExportable as exc:
+            if engine == "onnx":
+                raise
+            log.info("engine auto: PyTorch (%s)", exc)
+        else:
+            return Generator.from_onnx(path, device=dev.type, threads=threads)
+    return Generator.from_checkpoint(checkpoint, dev)

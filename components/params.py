@@ -52,7 +52,7 @@ class DataParams:
     width: int = 2048
     height: int = 1024  # image height (as width)
     seed: int = 0  # the synthetic scenes' random draws
-    layout: str = "cityscapes"  # dataset directory layout: cityscapes | folder | rgb | auto
+    layout: str = "auto"  # dataset directory layout: auto (detected) | cityscapes | folder | rgb
     label_nc: int = 35  # label ids 0 .. label_nc - 1, one-hot encoded; 0: RGB label images
     use_instance_map: bool = True  # instance maps' boundaries as an extra input channel
     # training preprocessing, the reference's resize_or_crop: resize | resize_and_crop |

@@ -135,7 +135,7 @@ def op_counts(path: Path) -> dict[str, int]:
 
 def max_diff(a_path: Path, b_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Max and mean |a - b| of two graphs' outputs over ``feeds`` (images in [-1, 1])."""
-    from components.engine import make_session
+    from components.onnx_session import make_session
 
     a, b = make_session(a_path), make_session(b_path)
     worst, total, n = 0.0, 0.0, 0

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from components import storage
 from components.params import SegmenterParams
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
-from model.datasets import PairedDataset, detect_layout, find_samples
+from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
 from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
@@ -77,7 +77,7 @@ def run(
     params: SegmenterParams,
     width: int,
     height: int,
-    layout: str = "auto",
+    layout: LayoutOrAuto = "auto",
     palette: str = "",
 ) -> dict[str, Any]:
     """Train the frozen evaluation segmenter (a PSPNet) or load published weights.

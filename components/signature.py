@@ -19,6 +19,9 @@ from typing import Any
 #: a parameter without a default
 REQUIRED = object()
 
+#: an ``int`` that must be at least 1 (a plain ``int`` option takes 0 and up)
+PositiveInt = int
+
 
 @dataclass(frozen=True)
 class Param:
@@ -106,6 +109,35 @@ def arg_docs(docstring: str | None) -> dict[str, str]:
     return docs
 
 
+def _alias(module: str, name: str, depth: int = 0) -> str | None:
+    """The ``Literal[...]`` that type alias ``name`` stands for in ``module`` (defined
+    there, or imported from a project module); None if it is not such an alias."""
+    for node in _tree(module).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            text = ast.unparse(node.value)
+            return text if text.startswith("Literal[") else None
+        if isinstance(node, ast.ImportFrom) and node.module and depth < 3:
+            if any((a.asname or a.name) == name for a in node.names):
+                try:
+                    return _alias(node.module, name, depth + 1)
+                except (ModuleNotFoundError, ValueError, SyntaxError):
+                    return None
+    return None
+
+
+def _annotation(module: str, node: ast.expr | None) -> str:
+    """An annotation as text, a ``Literal`` alias replaced by what it stands for."""
+    if node is None:
+        return ""
+    text = ast.unparse(node)
+    parts = [part.strip() for part in text.split("|")]
+    return " | ".join(
+        (_alias(module, part) or part) if part.isidentifier() else part for part in parts
+    )
+
+
 def _function(module: str, name: str) -> ast.FunctionDef:
     for node in _tree(module).body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
@@ -121,24 +153,12 @@ def parameters(target: str) -> tuple[Param, ...]:
     docs = arg_docs(ast.get_docstring(fn))
     args = fn.args.args
     defaults = [None] * (len(args) - len(fn.args.defaults)) + list(fn.args.defaults)
+    pairs = [*zip(args, defaults, strict=True)]
+    pairs += [*zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True)]
     out = [
-        Param(
-            a.arg,
-            ast.unparse(a.annotation) if a.annotation else "",
-            _default(d),
-            docs.get(a.arg, ""),
-        )
-        for a, d in zip(args, defaults, strict=True)
+        Param(a.arg, _annotation(module, a.annotation), _default(d), docs.get(a.arg, ""))
+        for a, d in pairs
     ]
-    for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True):
-        out.append(
-            Param(
-                a.arg,
-                ast.unparse(a.annotation) if a.annotation else "",
-                _default(d),
-                docs.get(a.arg, ""),
-            )
-        )
     return tuple(out)
 
 

@@ -21,13 +21,16 @@ import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from model.fileio import read_json
 
 log = logging.getLogger(__name__)
+
+#: who ran a step, recorded as its MLflow runs' orchestrator tag
+Orchestrator = Literal["cli", "dvc", "kfp"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_RUN_ENV = "PIX2PIXHD_PIPELINE_RUN"  # set by the DAG drivers (dvc: make demo, kfp)

@@ -14,7 +14,7 @@ import csv
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from components import storage
 from components.params import Params, flatten, stage_crop, stage_model_config, stage_size
-from components.tracking import Tracker, dataset_hash, run_tags
+from components.tracking import Orchestrator, Tracker, dataset_hash, run_tags
 from model.checkpoint import (
     init_from_checkpoint,
     init_local_from_global,
@@ -118,7 +118,7 @@ def _final_samples(
 
 def run(
     params: Params,
-    stage: str,
+    stage: Literal["global", "local"],
     data: Path,
     out: Path,
     init_checkpoint: Path | None = None,
@@ -127,7 +127,7 @@ def run(
     data_summary: Path | None = None,
     tracking: bool = True,
     tracking_uri: str | None = None,
-    orchestrator: str | None = None,
+    orchestrator: Orchestrator | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Train one stage and write its checkpoint, losses, samples and metrics.

@@ -28,8 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from components import contract
+from components.signature import PositiveInt
 from model.datasets import (
     LAYOUTS,
+    LayoutOrAuto,
     SampleFiles,
     detect_layout,
     files_matching,
@@ -51,9 +53,10 @@ class ValidationFailed(InputError):
 
 
 class DriftDetected(Pix2PixHDError):
-    """Raised after the report is written: the dataset drifted from the training profile."""
+    """Raised after the report is written: the dataset drifted from the training profile
+    (exit 3: a finding about the data, told apart from bad input (2) and a bug (1))."""
 
-    exit_code = 1
+    exit_code = 3
 
 
 def min_file_size(preprocess: str, crop_size: int) -> int:
@@ -304,10 +307,10 @@ def _write_set(
 def run(
     data: Path,
     out: Path,
-    layout: str = "auto",
+    layout: LayoutOrAuto = "auto",
     label_nc: int = 35,
     use_instance_map: bool = True,
-    size_multiple: int = 16,
+    size_multiple: PositiveInt = 16,
     splits: tuple[str, ...] = ("train", "val"),
     suite: Path | None = None,
     reference: Path | None = None,

@@ -10,6 +10,7 @@ Files pair by stem (Cityscapes suffixes understood), never by sorted order.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -31,7 +32,9 @@ from model.image_io import (
 from model.palette import Palette, read_colour_label
 
 Layout = Literal["cityscapes", "folder", "rgb"]
-LAYOUTS: tuple[str, ...] = ("cityscapes", "folder", "rgb")
+LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
+#: what a step accepts: a layout, or ``auto`` (detected from the folders)
+LayoutOrAuto = Literal["auto", "cityscapes", "folder", "rgb"]
 
 
 @dataclass(frozen=True)

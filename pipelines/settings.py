@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from components.signature import PositiveInt
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -17,7 +19,7 @@ class ClusterSettings:
     image: str = ""
     gpu_image: str = ""  # the training steps' image, pinned likewise
     accelerator: str = "nvidia.com/gpu"  # the GPU resource name of the training pods
-    gpus: int = 1  # GPUs per training pod (per node with several nodes)
+    gpus: PositiveInt = 1  # GPUs per training pod (per node with several nodes)
     gpu_node_selector: Mapping[str, str] = field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}
     )
@@ -25,10 +27,10 @@ class ClusterSettings:
     s3_endpoint: str = ""  # AWS_ENDPOINT_URL of every task (MinIO / Ceph); empty: AWS
     mlflow_uri: str = ""  # MLFLOW_TRACKING_URI of every task; empty: the tracking_uri parameter
     shm_size: str = "16Gi"  # /dev/shm of the training pods (data loader workers)
-    num_nodes: int = 1  # training nodes; > 1 runs each training stage as a Kubeflow Trainer job
-    engine: Literal["trainjob", "pytorchjob"] = (
-        "trainjob"  # multi-node: Trainer v2 TrainJob or Training Operator v1 PyTorchJob
-    )
+    # training nodes; > 1 runs each training stage as a Kubeflow Trainer job
+    num_nodes: PositiveInt = 1
+    # multi-node: Trainer v2 TrainJob or Training Operator v1 PyTorchJob
+    engine: Literal["trainjob", "pytorchjob"] = "trainjob"
     namespace: str = "kubeflow"  # where the training jobs run
 
     def distributed(self) -> str:

@@ -78,11 +78,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _int(text: str) -> int:
+def _count(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def _finite_float(text: str) -> float:
@@ -129,9 +132,10 @@ def _option(step: Step, p: Param, location: bool) -> tuple[list[str], dict[str, 
     elif ann in ("Path", "str | Path", "Path | str"):
         kw["type"] = Path
         kw["metavar"] = "PATH"
+    elif ann == "PositiveInt":
+        kw["type"] = _positive_int
     elif ann == "int":
-        positive = isinstance(p.default, int) and not isinstance(p.default, bool) and p.default >= 1
-        kw["type"] = _positive_int if positive else _int
+        kw["type"] = _count
     elif ann == "float":
         kw["type"] = _finite_float
     elif ann.startswith("tuple["):
@@ -198,15 +202,10 @@ def _add_step(parser: argparse.ArgumentParser, step: Step) -> None:
         "tracking": parser.add_argument_group("tracking"),
         "options": parser.add_argument_group("options"),
     }
-    exclusive = {
-        name: groups["io"].add_mutually_exclusive_group(required=True)
-        for group in step.one_of
-        for name in group
-    }
-    for group in step.one_of:  # one argparse group per declared set
-        g = exclusive[group[0]]
-        for name in group:
-            exclusive[name] = g
+    exclusive: dict[str, Any] = {}
+    for group in step.one_of:  # one required argparse group per declared set
+        g = groups["io"].add_mutually_exclusive_group(required=True)
+        exclusive.update(dict.fromkeys(group, g))
     if step.bind:
         groups["params"].add_argument(
             "--params",

@@ -25,7 +25,7 @@ class Engine:
     """One ONNX Runtime session; ``generate`` is safe to call from several threads."""
 
     def __init__(self, path: Path, threads: int = 0, source: str = "", version: str = ""):
-        from components.engine import make_session
+        from components.onnx_session import make_session
 
         path = Path(path)
         self.session = make_session(path, "cpu", threads or None)

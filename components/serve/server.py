@@ -12,6 +12,7 @@ from components.serve.app import ModelHolder, ServeConfig, create_app
 from components.serve.engine import Engine
 from components.serve.maps import Limits
 from components.serve.source import registered, registered_onnx, registered_version, resolve
+from components.signature import PositiveInt
 from model.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,15 @@ def run(
     model: str,
     host: str = "127.0.0.1",
     port: int = 8080,
-    workers: int = 2,
+    workers: PositiveInt = 2,
     queue: int = 8,
     threads: int = 0,
     data: Path | None = None,
     follow_alias: bool = False,
     poll_s: float = 30.0,
     tracking_uri: str | None = None,
-    max_bytes: int = Limits.max_bytes,
-    max_pixels: int = Limits.max_pixels,
+    max_bytes: PositiveInt = Limits.max_bytes,
+    max_pixels: PositiveInt = Limits.max_pixels,
 ) -> dict[str, Any]:
     """Serve the HTTP API (ONNX Runtime) and the web editor for a model.
 

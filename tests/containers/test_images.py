@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
+from pix2pixhd.cli import main
 
 
 def docker_run(image: str, host_dir: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def test_synth_validate_train_from_the_image(images, shared_dir, capsys):
         + ["--set", "train_global.batch_size=2", "--set", "model.discriminator.ndf=8"]
         + ["--set", "model.loss.use_vgg_loss=false"],
     ]
-    steps[0] += ["--size", "128x64"]
+    steps[0] += ["--width", "128", "--height", "64"]
     for args in steps:
         out = docker_run(image, d, "pix2pixhd", *args)
         assert out.returncode == 0, f"{args[0]}: {out.stderr[-2000:]}"
@@ -97,7 +97,7 @@ def test_synth_validate_train_from_the_image(images, shared_dir, capsys):
     [
         ["validate", "--data", "{d}/missing", "--out", "{d}/report"],
         ["train", "--stage", "global", "--data", "{d}/missing", "--out", "{d}/o", "--set", "x=1"],
-        ["data", "synth", "--out", "{d}/s", "--size", "64by32"],
+        ["data", "synth", "--out", "{d}/s", "--width", "64by32"],
     ],
 )
 def test_bad_input_fails_with_the_same_one_line_error_as_outside(images, shared_dir, args, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from components.cli import main
+from pix2pixhd.cli import main
 from tests.conftest import TINY_PIPELINE_ARGS
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from components.cli import main
 from model.config import GeneratorConfig
 from model.image_io import label_to_tensor, tensor_to_rgb
 from model.pix2pixhd import Pix2PixHD
+from pix2pixhd.cli import main
 from tests.conftest import tiny_config
 
 CFG = tiny_config(
@@ -25,7 +25,7 @@ CFG = tiny_config(
 def cli(*args):
     """Run the console script in a fresh interpreter, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "components.cli", *map(str, args)],
+        [sys.executable, "-m", "pix2pixhd", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from components import synth
-from components.cli import main
 from model.checkpoint import load_checkpoint
 from model.fileio import numbers_only
+from pix2pixhd.cli import main
 
 TINY = [
     "data.width=64",
@@ -63,7 +63,7 @@ def data(tmp_path_factory):
 
 def _cli(args, env=None):
     return subprocess.Popen(
-        [sys.executable, "-m", "components.cli", *map(str, args)],
+        [sys.executable, "-m", "pix2pixhd", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from components import boundaries, synth, validate
-from components.cli import main
 from model.datasets import PairedDataset, detect_layout, find_samples, load_sample
 from model.errors import InputError
+from pix2pixhd.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_cli_failure_has_no_traceback(dataset, tmp_path):
         [
             sys.executable,
             "-m",
-            "components.cli",
+            "pix2pixhd.cli",
             "validate",
             "--data",
             str(root),

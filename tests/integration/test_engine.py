@@ -46,8 +46,8 @@ def ckpt(tmp_path_factory):
 
 def test_default_is_onnx_on_a_cached_graph_that_agrees_with_torch(ckpt):
     tmp_path = ckpt.parent
-    onnx_gen = engine.load_generator(checkpoint=ckpt)  # default: auto
-    torch_gen = engine.load_generator(checkpoint=ckpt, engine="torch")
+    onnx_gen = generate.load_generator(checkpoint=ckpt)  # default: auto
+    torch_gen = generate.load_generator(checkpoint=ckpt, engine="torch")
     assert (onnx_gen.engine, torch_gen.engine) == ("onnx", "torch")
     cached = list(tmp_path.glob("model.pth.*.onnx"))
     assert cached == [engine.cached_onnx_path(ckpt)]
@@ -59,7 +59,7 @@ def test_default_is_onnx_on_a_cached_graph_that_agrees_with_torch(ckpt):
         assert a.shape == (3, h, w) and float((a - b).abs().max()) <= PARITY_ATOL
     # reused, not exported again
     stamp = cached[0].stat().st_mtime_ns
-    engine.load_generator(checkpoint=ckpt, engine="onnx")
+    generate.load_generator(checkpoint=ckpt, engine="onnx")
     assert cached[0].stat().st_mtime_ns == stamp
 
 
@@ -69,8 +69,8 @@ def test_changed_checkpoint_exports_again_and_drops_the_stale_graph(tmp_path):
     _checkpoint(ckpt, 1)  # new weights, same file name
     second = engine.cached_onnx(ckpt)
     assert second != first and second.is_file() and not first.exists()
-    gen = engine.load_generator(checkpoint=ckpt)
-    ref = engine.load_generator(checkpoint=ckpt, engine="torch")
+    gen = generate.load_generator(checkpoint=ckpt)
+    ref = generate.load_generator(checkpoint=ckpt, engine="torch")
     a = generate_batch(gen, [_sample()], seed=0)[0]
     b = generate_batch(ref, [_sample()], seed=0)[0]
     assert float((a - b).abs().max()) <= PARITY_ATOL  # the new weights, not the old graph
@@ -86,15 +86,15 @@ def test_read_only_folder_caches_elsewhere(ckpt, tmp_path, monkeypatch):
 
 def test_engine_choice_and_errors(ckpt, tmp_path):
     # photos to encode features from need the encoder: auto falls back, onnx refuses
-    assert engine.load_generator(checkpoint=ckpt, encode_photos=True).engine == "torch"
+    assert generate.load_generator(checkpoint=ckpt, encode_photos=True).engine == "torch"
     with pytest.raises(InputError, match="encoder"):
-        engine.load_generator(checkpoint=ckpt, engine="onnx", encode_photos=True)
+        generate.load_generator(checkpoint=ckpt, engine="onnx", encode_photos=True)
     with pytest.raises(InputError, match="expected one of auto, onnx, torch"):
-        engine.load_generator(checkpoint=ckpt, engine="tensorrt")
+        generate.load_generator(checkpoint=ckpt, engine="tensorrt")
     with pytest.raises(InputError, match="--engine torch needs --checkpoint"):
-        engine.load_generator(onnx=tmp_path / "x.onnx", engine="torch")
+        generate.load_generator(onnx=tmp_path / "x.onnx", engine="torch")
     with pytest.raises(InputError, match="no such checkpoint"):
-        engine.load_generator(checkpoint=tmp_path / "missing.pth", engine="onnx")
+        generate.load_generator(checkpoint=tmp_path / "missing.pth", engine="onnx")
 
 
 def test_generate_run_reports_the_engine(ckpt, tmp_path):

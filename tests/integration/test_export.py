@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from components import export
-from components.cli import main
 from model.checkpoint import model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.export import example_inputs
 from model.pix2pixhd import Pix2PixHD
+from pix2pixhd.cli import main
 from tests.conftest import tiny_config, write_label_maps
 
 CFG = tiny_config(
@@ -231,7 +231,7 @@ def test_edit_style_from_a_reference_photo(exported, tmp_path, capsys):
 
 def test_int8_export_calibrated_on_training_maps(exported, tmp_path):
     from components import synth
-    from components.engine import make_session
+    from components.onnx_session import make_session
     from components.quantize import op_counts
 
     _, _, ckpt, _ = exported

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.cli import main
 from components.tracking import Tracker
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.errors import InputError
 from model.fileio import TMP_SUFFIX, prepare_out_dir, write_json
 from model.image_io import write_png
+from pix2pixhd.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,11 +21,11 @@ import yaml
 from PIL import Image
 
 from components import export
-from components.cli import main
 from components.registry import ALIAS, promote
 from model.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from model.config import GeneratorConfig
 from model.pix2pixhd import Pix2PixHD
+from pix2pixhd.cli import main
 from tests.conftest import tiny_config, write_label_maps
 from tests.servers import free_port, wait_http
 

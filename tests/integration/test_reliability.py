@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from components import synth
-from components.cli import main
 from components.tracking import Tracker
 from model.checkpoint import (
     NonFiniteWeights,
@@ -47,6 +46,7 @@ from model.fileio import (
 )
 from model.image_io import write_png
 from model.pix2pixhd import Pix2PixHD
+from pix2pixhd.cli import main
 from tests.conftest import tiny_config
 
 # a global-only model small enough to train a few steps in a second
@@ -625,7 +625,22 @@ def test_unusable_out_found_before_work(kind, tmp_path, capsys):
         out = tmp_path / "f" / "sub"
     else:
         out = Path("/dev/null/out")
-    code = main(["data", "synth", "--out", str(out), "--num-train", "1", "--num-val", "0"])
+    code = main(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--num-train",
+            "1",
+            "--num-val",
+            "0",
+            "--width",
+            "64",
+            "--height",
+            "32",
+        ]
+    )
     line = _one_line_error(capsys, code)
     assert str(out) in line or str(out.parent) in line
 
@@ -1007,7 +1022,9 @@ def test_s3_output_checked_before_work(member, s3, monkeypatch, capsys):
     else:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
     start = time.perf_counter()
-    code = main(["data", "synth", "--out", uri, "--num-train", "1000", "--size", "512x256"])
+    code = main(
+        ["data", "synth", "--out", uri, "--num-train", "1000", "--width", "512", "--height", "256"]
+    )
     line = _one_line_error(capsys, code)
     assert uri.rstrip("/").split("/")[2] in line
     assert time.perf_counter() - start < 30  # before rendering 1000 scenes (minutes)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from components import storage
-from components.cli import main
 from model.errors import InputError
+from pix2pixhd.cli import main
 
 
 def test_upload_fetch_round_trip_file_and_tree(s3, tmp_path):
@@ -51,7 +51,7 @@ def test_clear_errors(s3, monkeypatch):
 def test_cli_reads_and_writes_s3(s3, capsys):
     _, bucket = s3
     args = ["data", "synth", "--out", f"s3://{bucket}/ds", "--num-train", "2"]
-    assert main([*args, "--num-val", "1", "--size", "128x64"]) == 0
+    assert main([*args, "--num-val", "1", "--width", "128", "--height", "64"]) == 0
     keys = [o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket)["Contents"]]
     labels = [k for k in keys if k.endswith("_gtFine_labelIds.png")]
     assert len(labels) == 3 and all(k.startswith("ds/") for k in keys)
@@ -68,7 +68,7 @@ def test_cli_reads_and_writes_s3(s3, capsys):
 def test_file_output_is_published_with_what_the_step_wrote_beside_it(s3):
     import argparse
 
-    from components.cli import _staged
+    from pix2pixhd.cli import _staged
 
     _, bucket = s3
     args = argparse.Namespace(out=f"s3://{bucket}/models/v1/model.onnx", checkpoint=Path("x"))
@@ -143,7 +143,7 @@ def test_mlflow_artifact_round_trip(s3, tmp_path, monkeypatch):
 def test_two_arguments_naming_one_prefix_fetch_it_once(s3, tmp_path, monkeypatch):
     import argparse
 
-    from components.cli import _staged
+    from pix2pixhd.cli import _staged
 
     _, bucket = s3
     (tmp_path / "maps").mkdir()

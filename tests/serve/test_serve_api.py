@@ -19,7 +19,6 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from components.cli import main
 from components.generate import Generator, generate_batch
 from components.serve.app import ModelHolder, ServeConfig, create_app
 from components.serve.engine import Engine
@@ -28,6 +27,7 @@ from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
 from model.image_io import label_to_tensor, tensor_to_rgb
 from model.labels import LABELS
+from pix2pixhd.cli import main
 from tests.serve.conftest import CENTRES, REACH, far_from, live, png, scene
 
 

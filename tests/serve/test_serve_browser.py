@@ -48,7 +48,7 @@ def server(serve_model, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "components.cli", "serve", "--model", str(serve_model["onnx"])]
+    cmd = [sys.executable, "-m", "pix2pixhd", "serve", "--model", str(serve_model["onnx"])]
     cmd += ["--data", str(serve_model["data"]), "--port", str(port), "--workers", "1"]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

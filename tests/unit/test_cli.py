@@ -247,3 +247,14 @@ def test_no_import_cycle_and_the_command_line_on_top():
 
     for m in sorted(graph):
         visit(m, [])
+
+
+def test_dvc_deps_follow_the_imports_at_any_depth():
+    """Hand-picked: training reads the networks through model.pix2pixhd and tracks with
+    components.tracking; rendering the dataset needs neither."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    train = set(stages["train_global"]["deps"])
+    assert {"model/networks.py", "components/tracking.py", "data/synth"} <= train
+    assert "model/networks.py" not in stages["synth"]["deps"]
+    assert stages["evaluate"]["deps"][-1].endswith(".py")  # data first, then the code
+    assert "data/drift/manifest.json" in stages["evaluate"]["deps"]  # the drift gate
