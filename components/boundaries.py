@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from components.signature import PositiveInt
 from model.datasets import LAYOUTS, LayoutOrAuto, boundary_file, detect_layout, find_samples
 from model.errors import InputError
 from model.fileio import prepare_out_dir, write_json
+from model.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,12 @@ def run(
     n_workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if n_workers > 1:
         with ProcessPoolExecutor(n_workers) as pool:
-            for _ in tqdm(
+            for _ in progress(
                 pool.map(_one, jobs, chunksize=16), total=len(jobs), desc="boundaries", unit="img"
             ):
                 pass
     else:
-        for job in tqdm(jobs, desc="boundaries", unit="img"):
+        for job in progress(jobs, desc="boundaries", unit="img"):
             _one(job)
     summary = {
         "written": len(jobs),

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from components.engine import ENGINES, Engine, NotExportable, cached_onnx
 from components.signature import PositiveInt
@@ -36,6 +35,7 @@ from model.image_io import (
 )
 from model.model_contract import ModelInfo, draw_batch_features, onnx_feeds, pad_to
 from model.pix2pixhd import Pix2PixHD
+from model.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def run(
             write_png(out / f"{sample.stem}.png", tensor_to_rgb(fake))
         pending.clear()
 
-    for sample in tqdm(samples, desc="generate", unit="img"):
+    for sample in progress(samples, desc="generate", unit="img"):
         tensors = _load(sample, gen.label_nc)
         if pending and tensors["label"].shape != pending[0][1]["label"].shape:
             flush()

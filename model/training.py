@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from model.checkpoint import (
     NonFiniteWeights,
@@ -32,6 +31,7 @@ from model.checkpoint import (
 from model.config import Precision, TrainConfig, to_dict
 from model.errors import CheckpointError, Pix2PixHDError
 from model.pix2pixhd import Pix2PixHD
+from model.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class Trainer:
         total = cfg.epochs * per_epoch
         self._total_steps = total
         self.model.train()
-        bar = tqdm(
+        bar = progress(
             total=total,
             initial=st.global_step,
             desc=f"train {self.stage}",

@@ -228,9 +228,15 @@ def _add_step(parser: argparse.ArgumentParser, step: Step) -> None:
             continue
         if p.name in step.bind:
             ann = p.annotation.replace(" | None", "")
-            if ann not in ("int", "float", "str", "bool", "Path", "str | Path") and not (
-                ann.startswith("Literal[") or ann.startswith("tuple[")
-            ):
+            if ann not in (
+                "int",
+                "PositiveInt",
+                "float",
+                "str",
+                "bool",
+                "Path",
+                "str | Path",
+            ) and not (ann.startswith("Literal[") or ann.startswith("tuple[")):
                 continue  # a whole params section: --params / --set
             flags, kw = _option(step, p, False)
             kw.pop("required", None)
@@ -304,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         "high-resolution photos, as a reproducible pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    import shtab
+
+    shtab.add_argument_to(  # eval "$(pix2pixhd --print-completion bash)"
+        parser, "--print-completion", help="print a bash/zsh/tcsh completion script, then exit"
+    )
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -334,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 # running a command
 
 #: parsed values that are not options of a command
-_GLOBAL = {"_step", "command", "verbose", "quiet", *(f"{p}_command" for p in PARENTS)}
+_GLOBAL = {"_step", "command", "verbose", "quiet", "print_completion"}
+_GLOBAL |= {f"{p}_command" for p in PARENTS}
 
 
 def run_arguments(step: Step, options: dict[str, Any]) -> dict[str, Any]:

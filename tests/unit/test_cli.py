@@ -258,3 +258,11 @@ def test_dvc_deps_follow_the_imports_at_any_depth():
     assert "model/networks.py" not in stages["synth"]["deps"]
     assert stages["evaluate"]["deps"][-1].endswith(".py")  # data first, then the code
     assert "data/drift/manifest.json" in stages["evaluate"]["deps"]  # the drift gate
+
+
+def test_shell_completion_knows_the_subcommands_and_their_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--print-completion", "bash"])
+    script = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "validate" in script and "--stage" in script and "--size-multiple" in script
