@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from components.export import file_sha256
 from components.params import EvaluateParams
@@ -54,6 +53,7 @@ from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, 
 from model.metrics import Scores as ClassScores
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
+from model.progress import progress
 from model.pspnet import PSPNet, segment
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def score(
         name: ([], []) for name in extractors
     }
 
-    for start in tqdm(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
+    for start in progress(range(0, len(ds), params.batch_size), desc="evaluate", unit="batch"):
         items = [ds[i] for i in range(start, min(len(ds), start + params.batch_size))]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         feats = None

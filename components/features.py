@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from components.signature import PositiveInt
 from model.checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -19,6 +18,7 @@ from model.features import FeatureConfig, cluster_features, instance_features
 from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.labels import LABELS
 from model.palette import load_palette
+from model.progress import progress
 
 log = logging.getLogger(__name__)
 _NAMES = {lab.id: lab.name for lab in LABELS}
@@ -78,7 +78,7 @@ def run(
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     ds = PairedDataset(samples, model.cfg.label_nc, int(width), int(height), palette=pal)
     encoded = []
-    for start in tqdm(range(0, len(ds), batch_size), desc="encode instances", unit="batch"):
+    for start in progress(range(0, len(ds), batch_size), desc="encode instances", unit="batch"):
         items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
         image = torch.stack([it["image"] for it in items])
         inst = torch.stack([it["instance"] for it in items])

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from components import storage
 from components.params import SegmenterParams
@@ -28,6 +27,7 @@ from model.errors import CheckpointError, InputError
 from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores
 from model.palette import load_palette
+from model.progress import progress
 from model.pspnet import PSPNet, PSPNetConfig, load_pspnet_state, normalise, segment
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _train(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> list[dict[st
     total = max(1, p.epochs * len(loader))
     step, history = 0, []
     model.train()
-    bar = tqdm(total=total, desc="segmenter", unit="it")
+    bar = progress(total=total, desc="segmenter", unit="it")
     for epoch in range(p.epochs):
         ds.epoch = epoch
         for batch in loader:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from model.errors import InputError
 from model.fileio import prepare_out_dir, write_json
 from model.image_io import write_png
+from model.progress import progress
 from model.synth import render_scene
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def run(
     start = time.perf_counter()
     counts = {}
     for split, n, offset in (("train", num_train, 0), ("val", num_val, 1)):
-        for i in tqdm(range(n), desc=f"synth {split}", unit="img"):
+        for i in progress(range(n), desc=f"synth {split}", unit="img"):
             # One independent stream per sample: any sample re-renders identically alone.
             rng = np.random.default_rng([seed, offset, i])
             scene = render_scene(rng, width, height, cars=cars, trees=trees)

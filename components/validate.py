@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from components import contract
 from components.signature import PositiveInt
@@ -42,6 +41,7 @@ from model.errors import InputError, Pix2PixHDError
 from model.fileio import StagedFiles, prepare_out_dir, write_json, write_metrics, write_text
 from model.image_io import open_image, sample_stem
 from model.palette import Palette, decode, describe_unknown, load_palette
+from model.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,9 @@ def build_manifest(
         samples += _duplicates(data, lay, split, roles, found)
     if not samples:
         raise InputError(f"{data}: no samples found for splits {', '.join(splits)} (layout {lay})")
-    rows = [_measure(s, label_nc, palette) for s in tqdm(samples, desc="validate", unit="sample")]
+    rows = [
+        _measure(s, label_nc, palette) for s in progress(samples, desc="validate", unit="sample")
+    ]
     return rows, lay
 
 
