@@ -146,6 +146,17 @@ def _configure(task: Any, settings: ClusterSettings, gpu: bool) -> Any:
     return task
 
 
+def _resumable(task: Any, settings: ClusterSettings) -> None:
+    """Training is the ideal retry target: it resumes exactly from its last checkpoint,
+    which a PersistentVolumeClaim keeps across pods (``checkpoint_pvc``)."""
+    from kfp import kubernetes
+
+    if settings.retries:
+        task.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+    if settings.checkpoint_pvc:
+        kubernetes.mount_pvc(task, settings.checkpoint_pvc, mount_path=settings.checkpoint_dir())
+
+
 CPU_REQUEST = ("1", "4G")  # the CPU steps' requests (cores, memory)
 LOCAL_IMAGE = "pix2pixhd-local:unused"  # kfp.local's SubprocessRunner runs no image
 NO_CACHE = ("synth", "evaluate", "export", "promote")  # side effects or a changing source
@@ -220,6 +231,8 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
             for upstream in task.after:
                 t.after(made[upstream])
             _configure(t, settings, gpu=step.name in GPU_STEPS and settings.num_nodes <= 1)
+            if step.name in GPU_STEPS:
+                _resumable(t, settings)
             if task.name in NO_CACHE:  # register/promote/log, or a dataset URI
                 t.set_caching_options(False)
             made[task.name] = t

@@ -63,7 +63,9 @@ def train_task(
     dist = json.loads(values.get("distributed") or "{}")
     nodes, gpus = int(dist.get("num_nodes", 1)), int(dist.get("gpus_per_node", 1))
     if nodes <= 1 and gpus <= 1:
-        return call()
+        if not dist.get("checkpoint_dir"):
+            return call()
+        return _resuming(values, call, given, Path(dist["checkpoint_dir"]), task.name)
     out = Path(values["out"].path)
     if nodes > 1:
         if not s3_uri(values["out"].uri).startswith("s3://"):
@@ -89,6 +91,25 @@ def train_task(
             )
     path = out / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _resuming(
+    values: dict[str, Any], call: Any, given: dict[str, Any], root: Path, name: str
+) -> dict[str, Any]:
+    """Train into ``root/<pipeline run>/<task>`` (a volume that outlives the pod),
+    resuming from the checkpoint an earlier attempt left there, then copy the outputs
+    into the task's artifact."""
+    import shutil
+
+    keep = root / (values.get("pipeline_run") or "run") / name
+    keep.mkdir(parents=True, exist_ok=True)
+    artifact = given["out"]
+    given["out"], given["resume"] = keep, (keep / "latest.pth").is_file()
+    if given["resume"]:
+        log.info("resuming %s from %s (an earlier attempt's checkpoint)", name, keep)
+    result = call()
+    shutil.copytree(keep, artifact, dirs_exist_ok=True)
+    return result
 
 
 def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from components.signature import PositiveInt
 
+CHECKPOINT_MOUNT = "/pix2pixhd-checkpoints"
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -32,11 +34,26 @@ class ClusterSettings:
     # multi-node: Trainer v2 TrainJob or Training Operator v1 PyTorchJob
     engine: Literal["trainjob", "pytorchjob"] = "trainjob"
     namespace: str = "kubeflow"  # where the training jobs run
+    # retries of a failed training task (a lost pod, a preempted node), backing off 30 s x2
+    retries: int = 2
+    # a PersistentVolumeClaim for the training tasks' checkpoints: a retried task resumes
+    # from its last checkpoint there instead of starting over (empty: none, retries restart)
+    checkpoint_pvc: str = ""
+
+    def checkpoint_dir(self) -> str:
+        """Where the training pods mount ``checkpoint_pvc`` ("" without one)."""
+        return CHECKPOINT_MOUNT if self.checkpoint_pvc else ""
 
     def distributed(self) -> str:
         """The training tasks' launch settings, fixed at compile time (JSON)."""
         if self.num_nodes <= 1:
-            return json.dumps({"num_nodes": 1, "gpus_per_node": self.gpus})
+            return json.dumps(
+                {
+                    "num_nodes": 1,
+                    "gpus_per_node": self.gpus,
+                    "checkpoint_dir": self.checkpoint_dir(),
+                }
+            )
         return json.dumps(
             {
                 "num_nodes": self.num_nodes,

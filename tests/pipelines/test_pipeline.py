@@ -361,3 +361,56 @@ def test_dvc_params_keys_exist_in_params_yaml():
         if not present(key)
     ]
     assert not missing
+
+
+def test_training_tasks_retry_and_resume_from_a_volume(tmp_path, monkeypatch):
+    """A lost training pod is retried (backoff), and with a checkpoint volume the retry
+    resumes from the last checkpoint the earlier attempt left there."""
+    from types import SimpleNamespace
+
+    import components.train
+    from pipelines import executor
+
+    out = tmp_path / "p.yaml"
+    settings = ClusterSettings(checkpoint_pvc="train-ckpt", **IMAGES)
+    compile_pipeline(ROOT / "params.yaml", out, settings)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in ("train-global", "train-local"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2
+        assert tasks[name]["retryPolicy"]["backoffDuration"] == "30s"
+        mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{name}"][
+            "pvcMount"
+        ]
+        assert mounts[0]["mountPath"] == "/pix2pixhd-checkpoints"
+    assert "retryPolicy" not in tasks["evaluate"]
+
+    seen = []
+
+    def fake_train(**kwargs):  # an attempt that checkpoints, then the one that finishes
+        seen.append((kwargs["out"], kwargs.get("resume")))
+        (kwargs["out"] / "latest.pth").write_bytes(b"weights")
+        return {"iterations": 1}
+
+    monkeypatch.setattr(components.train, "run", fake_train)
+    volume = tmp_path / "volume"
+    dist = json.dumps({"num_nodes": 1, "gpus_per_node": 1, "checkpoint_dir": str(volume)})
+    metrics = SimpleNamespace(log_metric=lambda k, v: None)
+    for attempt in ("a", "b"):
+        artifact = tmp_path / attempt
+        values = {
+            "params_yaml": (ROOT / "params.yaml").read_text(),
+            "overrides": [],
+            "tracking_uri": "",
+            "pipeline_run": "run-1",
+            "distributed": dist,
+            "data": SimpleNamespace(path=str(tmp_path / "d"), uri=""),
+            "boundaries": SimpleNamespace(path=str(tmp_path / "b"), uri=""),
+            "data_summary": SimpleNamespace(path=str(tmp_path / "r"), uri=""),
+            "out": SimpleNamespace(path=str(artifact), uri="", metadata={}),
+            "metrics": metrics,
+        }
+        executor.execute("train_global", values)
+        assert (artifact / "latest.pth").read_bytes() == b"weights"  # in the artifact too
+    keep = volume / "run-1" / "train_global"
+    assert seen == [(keep, False), (keep, True)]  # the second attempt resumes
