@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from components.signature import PositiveInt
-from model.datasets import LAYOUTS, LayoutOrAuto, boundary_file, detect_layout, find_samples
+from model.config import LayoutOrAuto
+from model.datasets import LAYOUTS, boundary_file, detect_layout, find_samples
 from model.errors import InputError
 from model.fileio import prepare_out_dir, write_json
 from model.progress import progress

@@ -42,7 +42,8 @@ from components.params import EvaluateParams
 from components.segmenter import load_segmenter
 from components.tracking import Orchestrator, Tracker, dataset_hash, run_tags
 from model.checkpoint import build_model, load_checkpoint
-from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
+from model.config import LayoutOrAuto
+from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import features_from_clusters
 from model.fileio import StagedFiles, atomic_open, prepare_out_dir, write_json

@@ -23,7 +23,7 @@ from components.registry import RegistryError
 from components.signature import PositiveInt
 from components.tracking import Orchestrator, Tracker, run_tags
 from model.checkpoint import build_model, load_checkpoint
-from model.datasets import LayoutOrAuto
+from model.config import LayoutOrAuto
 from model.errors import InputError
 from model.export import example_inputs, export_onnx, graph_hash, input_names, load_verified
 from model.fileio import StagedFiles, prepare_out_file, write_json, write_metrics

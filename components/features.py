@@ -12,7 +12,8 @@ import torch
 
 from components.signature import PositiveInt
 from model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
+from model.config import LayoutOrAuto
+from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import InputError
 from model.features import FeatureConfig, cluster_features, instance_features
 from model.fileio import prepare_out_dir, write_json, write_metrics

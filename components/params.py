@@ -30,14 +30,20 @@ from model.config import (
     EncoderConfig,
     FeatureConfig,
     GeneratorConfig,
+    LayoutOrAuto,
     LossConfig,
     ModelConfig,
+    Preprocess,
     TrainConfig,
     check_number,
     from_dict,
 )
 from model.errors import ConfigError
-from model.fileio import read_text
+from model.fileio import load_yaml, read_text
+
+#: the largest image side, and pixels of one image, the pipeline takes (paper: 2048x1024)
+MAX_SIDE = 16384
+MAX_PIXELS = 2**26
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,29 @@ class DataParams:
     width: int = 2048
     height: int = 1024  # image height (as width)
     seed: int = 0  # the synthetic scenes' random draws
-    layout: str = "auto"  # dataset directory layout: auto (detected) | cityscapes | folder | rgb
+    layout: LayoutOrAuto = "auto"  # dataset directory layout (auto: detected from the folders)
     label_nc: int = 35  # label ids 0 .. label_nc - 1, one-hot encoded; 0: RGB label images
     use_instance_map: bool = True  # instance maps' boundaries as an extra input channel
     # training preprocessing, the reference's resize_or_crop: resize | resize_and_crop |
     # scale_width | scale_width_and_crop | crop | none (model.datasets.preprocess_size)
-    preprocess: str = "resize"
+    preprocess: Preprocess = "resize"
     crop_size: int = 512  # square training crop of the *_crop modes (reference: fineSize)
     palette: str = ""  # "cityscapes" or a JSON file: colour label maps decoded to ids
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):  # a budget before anything is allocated
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_SIDE:
+                raise ConfigError(
+                    f"data.{name} {value}: expected 1 .. {MAX_SIDE} pixels (the largest side "
+                    "this pipeline renders or trains at)"
+                )
+        if self.width * self.height > MAX_PIXELS:
+            raise ConfigError(
+                f"data.width x data.height = {self.width * self.height} pixels: more than "
+                f"{MAX_PIXELS} (the budget of one image)"
+            )
+        check_number("data.crop_size", self.crop_size, 1)
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,11 @@ class ValidateParams:
     drift_ratio: float = 1.5  # drifted when outside [f / drift_ratio, f * drift_ratio]
     drift_min_delta: float = 0.01  # and more than this (a fraction of the pixels) away from f
     drift_z: float = 3.0  # and more than this many standard errors away from f
+
+    def __post_init__(self) -> None:
+        check_number("validate.drift_ratio", self.drift_ratio, 1)
+        check_number("validate.drift_min_delta", self.drift_min_delta, 0, high=1, high_open=False)
+        check_number("validate.drift_z", self.drift_z, 0)
 
 
 @dataclass(frozen=True)
@@ -182,8 +208,8 @@ def _set(tree: dict[str, Any], assignment: str) -> None:
     key, text = assignment.split("=", 1)
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, f"--set {key.strip()[:60]}")
+    except ConfigError:
         value = text
     node = tree
     for p in parts[:-1]:
@@ -209,10 +235,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
-    try:
-        tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    tree = load_yaml(text, source) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping of sections")
     return tree

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from components import storage
 from components.params import SegmenterParams
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
-from model.datasets import LayoutOrAuto, PairedDataset, detect_layout, find_samples
+from model.config import LayoutOrAuto
+from model.datasets import PairedDataset, detect_layout, find_samples
 from model.errors import CheckpointError, InputError
 from model.fileio import prepare_out_dir, write_json, write_metrics
 from model.metrics import ConfusionMatrix, label_ids_to_train_ids, scores

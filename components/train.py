@@ -34,7 +34,7 @@ from model.datasets import PairedDataset, check_sample_sizes, detect_layout, fin
 from model.device import resolve_device
 from model.encoding import check_size
 from model.errors import ConfigError, InputError
-from model.fileio import atomic_open, prepare_out_dir, write_json, write_metrics
+from model.fileio import OutputLock, atomic_open, prepare_out_dir, write_json, write_metrics
 from model.image_io import write_png
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -150,6 +150,11 @@ def run(
     """
     if stage not in ("global", "local"):
         raise ConfigError(f"--stage {stage!r}: expected global or local")
+    if resume and init_checkpoint is not None:
+        raise ConfigError(
+            "--init and --resume contradict each other: --resume continues OUT/latest.pth, "
+            "--init starts from another checkpoint; give one"
+        )
     tcfg = params.train_global if stage == "global" else params.train_local
     cfg = stage_model_config(params, stage)
     width, height = stage_size(params, stage)
@@ -162,8 +167,12 @@ def run(
     elif params.data.preprocess == "resize":
         check_size(height, width, cfg.generator.size_multiple)
     dinfo, dev = _dist_from_env(device)
+    lock = None
     if dinfo.is_main:
         prepare_out_dir(out)  # writable, before any work; temporaries of killed runs go
+        lock = OutputLock(out)  # one writer: held until this function returns
+        for name in ("summary.json", "metrics.json", "samples.png"):  # the last run's set
+            (out / name).unlink(missing_ok=True)  # never beside this run's losses.csv
 
     vgg = None
     if cfg.loss.use_vgg_loss:
@@ -259,4 +268,6 @@ def run(
         tracker.end(status)
         if dinfo.enabled:
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
     return summary

@@ -28,9 +28,9 @@ import numpy as np
 
 from components import contract
 from components.signature import PositiveInt
+from model.config import LayoutOrAuto
 from model.datasets import (
     LAYOUTS,
-    LayoutOrAuto,
     SampleFiles,
     detect_layout,
     files_matching,

@@ -14,11 +14,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from model.errors import ConfigError
+from model.errors import ConfigError, quote
 
 GanMode = Literal["ls", "vanilla", "hinge"]
 NormType = Literal["instance", "batch"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
+#: dataset directory layouts a step takes: one of model.datasets.Layout, or auto (detected)
+LayoutOrAuto = Literal["auto", "cityscapes", "folder", "rgb"]
+#: training preprocessing, the reference's resize_or_crop (model.datasets.preprocess_size)
+Preprocess = Literal[
+    "resize", "resize_and_crop", "scale_width", "scale_width_and_crop", "crop", "none"
+]
 
 
 def check_number(
@@ -40,7 +46,7 @@ def check_number(
     if not ok:
         lo = f"{'>' if low_open else '>='} {low:g}"
         hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
-        raise ConfigError(f"{name} must be a finite number {lo}{hi}, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number {lo}{hi}, got {quote(value)}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,12 @@ class GeneratorConfig:
     norm: NormType = "instance"  # normalisation layers of G
     output_nc: int = 3  # channels of the generated image
 
+    def __post_init__(self) -> None:
+        for name in ("ngf", "n_downsample_global", "n_blocks_global", "output_nc"):
+            check_number(f"generator.{name}", getattr(self, name), 1)
+        for name in ("n_local_enhancers", "n_blocks_local"):
+            check_number(f"generator.{name}", getattr(self, name), 0)
+
     @property
     def size_multiple(self) -> int:
         """H and W must be multiples of this."""
@@ -77,6 +89,10 @@ class DiscriminatorConfig:
     n_layers_D: int = 3  # stride-2 conv layers of each PatchGAN
     ndf: int = 64  # filters of each PatchGAN's first layer (doubling per layer, at most 512)
     norm: NormType = "instance"  # normalisation layers of D
+
+    def __post_init__(self) -> None:
+        for name in ("num_D", "n_layers_D", "ndf"):
+            check_number(f"discriminator.{name}", getattr(self, name), 1)
 
 
 @dataclass(frozen=True)
@@ -226,7 +242,9 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(annotation)
         if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+            raise ConfigError(
+                f"{where}: {quote(value)} is not one of {', '.join(map(str, allowed))}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -235,11 +253,13 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
         return _check_scalar(value, args[0], where)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {quote(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {quote(value)}")
+        if value < 0:  # every count, size, width and seed of the schema
+            raise ConfigError(f"{where}: expected an integer >= 0, got {value}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -248,11 +268,13 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {quote(value)}")
+        if not math.isfinite(value):  # nan would switch a check off, inf make it vacuous
+            raise ConfigError(f"{where}: expected a finite number, got {value}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {quote(value)}")
         return value
     return value
 
@@ -265,7 +287,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "", base: Any
     """
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {quote(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -290,5 +312,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "", base: Any
         if base is not None:
             return dataclasses.replace(base, **kwargs)
         return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    except ConfigError as exc:  # a section's own check: its message names the key already
+        msg = str(exc)
+        if where and not msg.startswith((f"{where}.", f"{where.rsplit('.', 1)[-1]}.")):
+            msg = f"{where}: {msg}"
+        raise ConfigError(msg) from None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.config import Preprocess
 from model.errors import InputError
 from model.image_io import (
     image_size,
@@ -33,8 +34,6 @@ from model.palette import Palette, read_colour_label
 
 Layout = Literal["cityscapes", "folder", "rgb"]
 LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
-#: what a step accepts: a layout, or ``auto`` (detected from the folders)
-LayoutOrAuto = Literal["auto", "cityscapes", "folder", "rgb"]
 
 
 @dataclass(frozen=True)
@@ -176,14 +175,7 @@ def _is_colour(path: Path) -> bool:
         return img.mode in ("RGB", "RGBA")
 
 
-PREPROCESS: tuple[str, ...] = (
-    "resize",
-    "resize_and_crop",
-    "scale_width",
-    "scale_width_and_crop",
-    "crop",
-    "none",
-)
+PREPROCESS: tuple[str, ...] = typing.get_args(Preprocess)
 
 
 def preprocess_size(

@@ -19,3 +19,14 @@ class InputError(Pix2PixHDError):
 
 class CheckpointError(Pix2PixHDError):
     """A checkpoint file is missing, truncated, or does not fit the architecture."""
+
+
+#: the longest quotation of a user's value in a message
+QUOTE_CHARS = 80
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message never grows with its input
+    (a 4 MB value in a one-line error is not one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"

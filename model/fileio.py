@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from model.errors import InputError
+from model.errors import InputError, quote
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,51 @@ def prepare_out_file(out: str | Path) -> Path:
     return out
 
 
+LOCK_NAME = ".pix2pixhd.lock"
+
+
+class OutputLock:
+    """An exclusive lock on an output directory for the life of a run: a second writer
+    gets one line naming the holder instead of two runs mixing their files. The lock is
+    ``flock`` on ``<out>/.pix2pixhd.lock`` (released by the kernel when the holder exits,
+    even when killed); the file names the holder's pid and host."""
+
+    def __init__(self, out: str | Path) -> None:
+        import fcntl
+        import socket
+
+        self.path = Path(out) / LOCK_NAME
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise (os_error(exc, out) or exc) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.path.read_text(errors="replace").strip()[:80] or "another process"
+            os.close(self._fd)
+            raise InputError(
+                f"{out}: another run is writing here ({holder}); wait for it to finish or "
+                "choose another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
 class StagedFiles:
     """Several output files replaced together. ``path(name)`` is where to write each one:
     a hidden staging directory inside ``out`` (same file system), so files keep their
@@ -259,6 +304,38 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
 
 
+#: the largest YAML or JSON document a user hands over (params, suites, palettes, edits)
+MAX_DOCUMENT_BYTES = 4 * 2**20
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """A YAML document as plain data, refusing what a config file never needs and an
+    attacker would use: anchors and aliases (a few hundred bytes of nested aliases
+    expand to gigabytes), tags, documents over ``MAX_DOCUMENT_BYTES``, nesting deeper
+    than Python's recursion limit. Every refusal is one line naming ``source``."""
+    import yaml
+
+    from model.errors import ConfigError
+
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{source}: {len(text)} bytes, more than {MAX_DOCUMENT_BYTES} allowed")
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+                kind = "anchors and aliases (&, *)"
+                raise ConfigError(f"{source}: YAML {kind} are not allowed in this file")
+            if isinstance(token, yaml.TagToken):
+                raise ConfigError(f"{source}: YAML tags (!...) are not allowed in this file")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where}: {str(problem)[:120]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
 def read_json(
     path: str | Path,
     what: str = "JSON file",
@@ -266,10 +343,14 @@ def read_json(
 ) -> Any:
     """A JSON document; with ``required``, an object with those keys of those types."""
     text = read_text(path, what)
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise InputError(f"{path}: {what} of {len(text)} bytes, more than {MAX_DOCUMENT_BYTES}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: {what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: {what} is nested too deeply") from None
     if required:
         if not isinstance(data, dict):
             raise InputError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
@@ -277,5 +358,5 @@ def read_json(
             if key not in data:
                 raise InputError(f"{path}: {what} has no '{key}'")
             if not isinstance(data[key], types) or isinstance(data[key], bool):
-                raise InputError(f"{path}: {what} '{key}' has the wrong type: {data[key]!r}")
+                raise InputError(f"{path}: {what} '{key}' has the wrong type: {quote(data[key])}")
     return data

@@ -486,6 +486,18 @@ def _printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: the longest error line printed (a message quoting a huge value is cut, never flooded)
+MAX_ERROR_CHARS = 300
+
+
+def _error_line(command: str, message: object) -> str:
+    text = " ".join(str(message).split())
+    line = f"pix2pixhd {command}: error: {text}"
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 14] + " ... (cut)"
+    return _printable(line + "\n")
+
+
 def _log_dir() -> Path:
     return Path(os.environ.get("PIX2PIXHD_LOG_DIR") or Path(tempfile.gettempdir()) / "pix2pixhd")
 
@@ -530,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = {k: v for k, v in vars(staged).items() if k not in _GLOBAL}
             result = call(step, options)
     except Pix2PixHDError as exc:
-        sys.stderr.write(_printable(f"pix2pixhd {args.command}: error: {exc}\n"))
+        sys.stderr.write(_error_line(args.command, exc))
         return getattr(exc, "exit_code", 2)  # 2, or 3 for a finding such as drift
     except KeyboardInterrupt:
         sys.stderr.write(f"pix2pixhd {args.command}: interrupted\n")
@@ -541,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         user = os_error(exc, exc.filename or "output")
         if user is None:
             return _internal_error(args.command, exc)
-        sys.stderr.write(_printable(f"pix2pixhd {args.command}: error: {user}\n"))
+        sys.stderr.write(_error_line(args.command, user))
         return 2
     except Exception as exc:
         return _internal_error(args.command, exc)
