@@ -54,6 +54,25 @@ def cached_onnx_path(checkpoint: Path) -> Path:
     return _cache_root() / "onnx" / name
 
 
+SOURCE_KEY = "checkpoint_sha256"  # the cached graph's metadata: whose graph it is
+
+
+def _stale(path: Path, source: str) -> str | None:
+    """Why the cached graph at ``path`` cannot be used for the checkpoint whose SHA-256 is
+    ``source`` (None: it can): its content hash (graph and metadata) fails, or it was
+    exported from other bytes than the checkpoint's."""
+    from model.onnx_integrity import load_verified
+
+    try:
+        proto, _ = load_verified(path)
+    except InputError as exc:
+        return str(exc).split(": ", 1)[-1]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get(SOURCE_KEY) != source:
+        return "not the graph of this checkpoint's content"
+    return None
+
+
 class NotExportable(InputError):
     """This model has no ONNX graph (RGB labels: label_nc 0)."""
 
@@ -68,8 +87,12 @@ def cached_onnx(checkpoint: Path) -> Path:
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint")
     path = cached_onnx_path(checkpoint)
+    source = file_hash(checkpoint)
     if path.is_file():
-        return path
+        why = _stale(path, source)
+        if why is None:
+            return path
+        log.warning("%s: %s; exporting it again", path, why)
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
     if model.cfg.label_nc == 0:
@@ -80,7 +103,12 @@ def cached_onnx(checkpoint: Path) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        export_onnx(model, tmp, cluster_centers=ckpt.get("cluster_centers") or None)
+        export_onnx(
+            model,
+            tmp,
+            cluster_centers=ckpt.get("cluster_centers") or None,
+            extra_metadata={SOURCE_KEY: source},
+        )
         m = model.cfg.generator.size_multiple
         diff = parity(model, tmp, ((1, 2 * m, 2 * m),))
         if diff > PARITY_ATOL:

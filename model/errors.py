@@ -17,6 +17,11 @@ class InputError(Pix2PixHDError):
     """An input tensor or file does not match what the model expects."""
 
 
+class ModelOutputError(Pix2PixHDError):
+    """The model produced values that are no image (NaN, inf): its weights are broken.
+    A fault of the model, not of the request (HTTP: 500)."""
+
+
 class CheckpointError(Pix2PixHDError):
     """A checkpoint file is missing, truncated, or does not fit the architecture."""
 

@@ -73,8 +73,10 @@ def export_onnx(
     path: Path,
     fp16: bool = False,
     cluster_centers: dict[int, torch.Tensor] | None = None,
+    extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Export, check with onnx.checker, add metadata; optionally an fp16 copy for GPUs."""
+    """Export, check with onnx.checker, add metadata (``extra_metadata`` too, e.g. the
+    source checkpoint's hash; all covered by the content hash); optionally fp16."""
     import onnx
 
     model = model.eval()
@@ -112,6 +114,7 @@ def export_onnx(
         meta["cluster_centers"] = json.dumps(
             {str(int(k)): torch.as_tensor(v).tolist() for k, v in cluster_centers.items()}
         )
+    meta.update(extra_metadata or {})
     if fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
         from onnxruntime.transformers.onnx_model import OnnxModel

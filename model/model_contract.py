@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.errors import InputError
+from model.errors import InputError, ModelOutputError
 
 PRODUCER = "pix2pixhd-pipeline"  # the ``producer`` metadata of `pix2pixhd export`'s graphs
 
@@ -69,8 +69,15 @@ def crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float values in [-1, 1] -> uint8, elementwise: round((clip(x, -1, 1) + 1) * 127.5)."""
+    """Float values in [-1, 1] -> uint8, elementwise: round((clip(x, -1, 1) + 1) * 127.5).
+    Non-finite values are an error, never a black or white image."""
     x = np.asarray(image, np.float32)
+    if not np.isfinite(x).all():
+        bad = int(x.size - np.isfinite(x).sum())
+        raise ModelOutputError(
+            f"the model produced {bad} non-finite values (NaN/inf) of {x.size}: its weights "
+            "are broken; export or train it again"
+        )
     return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 

@@ -1,5 +1,11 @@
 """Content hashes of ONNX files: computed at export, verified on every load.
 
+The hash covers everything that decides an output: the graph (nodes and weights) and
+every metadata entry but the hash itself (``label_nc``, the cluster centres, the size
+multiple ...), so an edited centre or class count is refused like a flipped weight. A
+file without a hash, or with the graph-only hash of earlier exports, cannot be checked:
+it is refused unless the user says so explicitly (``PIX2PIXHD_ALLOW_UNVERIFIED_ONNX=1``).
+
 Torch-free (onnx + hashlib only), so the serving side and the MLflow pyfunc model can
 verify a graph without the training stack.
 """
@@ -7,17 +13,26 @@ verify a graph without the training stack.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
 
 HASH_KEY = "content_sha256"
+#: the hash covers graph + metadata (earlier exports: the graph alone, no prefix)
+SCHEME = "v2:"
+ALLOW_UNVERIFIED = "PIX2PIXHD_ALLOW_UNVERIFIED_ONNX"
 
 
 def graph_hash(proto: Any) -> str:
-    """SHA-256 of the model's graph (nodes and weights), the metadata excluded."""
-    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+    """``v2:`` + SHA-256 of the graph (nodes and weights) and of every metadata entry
+    but the hash itself, in key order."""
+    h = hashlib.sha256(proto.graph.SerializeToString(deterministic=True))
+    for key, value in sorted((p.key, p.value) for p in proto.metadata_props):
+        if key != HASH_KEY:
+            h.update(b"\0" + key.encode() + b"\0" + value.encode())
+    return SCHEME + h.hexdigest()
 
 
 def load_verified(path: str | Path) -> tuple[Any, bytes]:
@@ -37,10 +52,17 @@ def load_verified(path: str | Path) -> tuple[Any, bytes]:
         ) from None
     meta = {p.key: p.value for p in proto.metadata_props}
     stored = meta.get(HASH_KEY)
-    if stored is not None and graph_hash(proto) != stored:
+    if stored is None or not stored.startswith(SCHEME):
+        if os.environ.get(ALLOW_UNVERIFIED) != "1":
+            why = "no content hash" if stored is None else "a graph-only hash (an older export)"
+            raise InputError(
+                f"{path}: {why}, so its graph and metadata cannot be checked; export it "
+                f"again, or set {ALLOW_UNVERIFIED}=1 to use it unverified"
+            )
+    elif graph_hash(proto) != stored:
         raise InputError(
-            f"{path}: content hash mismatch: the file is corrupted (bytes changed after it "
-            "was exported); export it again"
+            f"{path}: content hash mismatch: the graph or its metadata changed after it was "
+            "exported; export it again"
         )
     return proto, data
 
@@ -48,9 +70,10 @@ def load_verified(path: str | Path) -> tuple[Any, bytes]:
 def stamp(proto: Any) -> Any:
     """Set (or replace) the content hash of ``proto`` in its metadata, for a graph whose
     weights were changed on purpose (quantization, tests); returns ``proto``."""
+    digest = graph_hash(proto)  # over the graph and the metadata, the old hash aside
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != HASH_KEY]
     del proto.metadata_props[:]
-    for key, value in [*kept, (HASH_KEY, graph_hash(proto))]:
+    for key, value in [*kept, (HASH_KEY, digest)]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto
