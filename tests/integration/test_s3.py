@@ -156,3 +156,42 @@ def test_two_arguments_naming_one_prefix_fetch_it_once(s3, tmp_path, monkeypatch
     with _staged(argparse.Namespace(labels=uri, instances=uri)) as local:
         assert local.labels == local.instances and (local.labels / "a.png").read_bytes() == b"png"
     assert calls == [uri]
+
+
+def test_a_fetched_prefix_is_cached_by_etag(s3, tmp_path, monkeypatch):
+    _, bucket = s3
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tree / name).write_text(name)
+    storage.upload(tree, f"s3://{bucket}/cached")
+    got = []
+    real_get = storage._get
+    monkeypatch.setattr(storage, "_get", lambda s3, b, k, d: got.append(k) or real_get(s3, b, k, d))
+    local = storage.fetch(f"s3://{bucket}/cached/", cache=tmp_path / "cache")
+    assert sorted(got) == ["cached/a.txt", "cached/b.txt", "cached/c.txt"]
+    got.clear()
+    assert storage.fetch(f"s3://{bucket}/cached/", cache=tmp_path / "cache") == local
+    assert got == []  # unchanged: nothing fetched again
+    (tree / "b.txt").write_text("changed")
+    storage.upload(tree / "b.txt", f"s3://{bucket}/cached/b.txt")
+    storage.client().delete_object(Bucket=bucket, Key="cached/c.txt")
+    storage.fetch(f"s3://{bucket}/cached/", cache=tmp_path / "cache")
+    assert got == ["cached/b.txt"] and (local / "b.txt").read_text() == "changed"
+    assert not (local / "c.txt").exists()  # deleted in the store, gone here
+
+
+def test_a_refusing_endpoint_fails_within_seconds_naming_the_uri(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="s3://bucket/key"):
+        storage.fetch("s3://bucket/key")
+    assert time.perf_counter() - start < 10
