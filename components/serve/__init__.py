@@ -4,7 +4,10 @@
 - ``maps``: reading uploaded PNGs with the limits and errors of the API;
 - ``source``: MODEL (checkpoint, ONNX file or ``models:/<name>@<alias>``) -> ONNX file;
 - ``app``: the FastAPI application (endpoints, worker pool, metrics, static editor);
-- ``server``: ``run(...)`` for the command line (uvicorn, ``--follow-alias``).
+- ``front``: what every request passes (request id, token, shutdown, body limit,
+  metrics, JSON access log, JSON 500);
+- ``server``: ``run(...)`` for the command line (uvicorn, the SIGTERM life cycle,
+  ``--follow-alias``, ``--token-file``).
 
 Everything but the checkpoint -> ONNX export imports without torch.
 """

@@ -2,16 +2,20 @@
 
 Model work (decoding, editing, generating, encoding) runs on a bounded thread pool;
 requests past ``workers + queue`` are answered 503 with Retry-After, never queued without
-bound. Bodies above ``max_bytes`` and maps above ``max_pixels`` are answered 413. Client
-errors are JSON ``{"part": ..., "error": ...}`` naming the request part and what was
-expected. The engine is swapped atomically on reload: a request keeps the engine it
-started with, so a reload drops nothing in flight.
+bound. Bodies above ``max_bytes`` and maps above ``max_pixels`` are answered 413. Every
+error is JSON ``{"part": ..., "error": ...}`` (``ErrorBody``, documented with each
+route's statuses in the OpenAPI document) naming the request part and what was
+expected; request validation errors included, and an unexpected exception is a 500 of
+the same shape. The engine is swapped atomically on reload: a request keeps the engine
+it started with, so a reload drops nothing in flight. What every request passes
+(request id, token, shutdown, body limit, metrics, access log) is ``front.Front``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import json
 import logging
 import threading
@@ -19,11 +23,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
@@ -34,10 +39,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.serve.engine import Engine
+from components.serve.front import PROTECTED, Front, Lifecycle, error_response
 from components.serve.maps import (
     ApiError,
     Limits,
@@ -55,15 +61,23 @@ from model.model_contract import class_of
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-ROUTES = (
+ROUTES = (  # the metrics' endpoint label: a route, or the prefix of a group of routes
     "/v1/generate",
     "/v1/edit",
     "/v1/classes",
     "/v1/styles",
     "/v1/samples",
     "/healthz",
+    "/livez",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
     "/metrics",
 )
+
+
+def endpoint_of(path: str) -> str:
+    return next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class ServeConfig:
     retry_after_s: int = 1
     limits: Limits = field(default_factory=Limits)
     data: Path | None = None  # dataset whose samples the editor lists
+    token: str | None = field(default=None, repr=False)  # bearer token for /v1/*
 
 
 class ModelHolder:
@@ -109,8 +124,11 @@ class Pool:
                 f"{self.capacity}); retry after {self.retry_after_s} s",
             )
         self.admitted += 1
+        context = contextvars.copy_context()  # the request id, for the worker's log lines
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, context.run, fn, *args
+            )
         finally:
             self.admitted -= 1
 
@@ -135,10 +153,57 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        model_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.queue_wait = Histogram(
+            "pix2pixhd_queue_wait_seconds",
+            "time an admitted request waited for a worker",
+            ["model_version"],
+            buckets=model_buckets,
+            registry=r,
+        )
+        self.model_time = Histogram(
+            "pix2pixhd_model_seconds",
+            "time a worker spent on a request (decode, edit, generate, encode)",
+            ["model_version"],
+            buckets=model_buckets,
+            registry=r,
+        )
         self.in_progress = Gauge(
             "pix2pixhd_requests_admitted", "model requests running or queued", registry=r
         )
         self.reloads = Counter("pix2pixhd_model_reloads", "model reloads", registry=r)
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers (4xx and 5xx)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"part": "label", "error": "label: not a PNG file (expected PNG bytes)"}]
+        },
+    )
+    part: str = Field(
+        description="the request part concerned: a form field or file part, `body`, `path`, "
+        "`authorization` or `server`"
+    )
+    error: str = Field(description="what was wrong, and what was expected")
+
+
+_WHY = {
+    400: "bad input: the part named and what was expected",
+    401: "the bearer token is missing or wrong (when the server runs with --token-file)",
+    404: "no such sample or file",
+    413: "the body is above --max-bytes, a map above --max-pixels, or too many samples",
+    422: "a form field or path parameter is missing or of the wrong type",
+    500: "an unexpected error, logged with the request id",
+    503: "busy (the queue is full) or shutting down: retry after Retry-After seconds",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries: the error body for each status."""
+    return {s: {"model": ErrorBody, "description": _WHY[s]} for s in statuses}
 
 
 class EditResponse(BaseModel):
@@ -190,79 +255,114 @@ def _check_styles(engine: Engine, instance: np.ndarray | None, styles: dict[int,
             )
 
 
+def _document(schema: dict[str, Any], token: bool) -> dict[str, Any]:
+    """What FastAPI's generated document lacks: the headers of every response, and the
+    bearer scheme of /v1/* when the server has a token."""
+    ids = {
+        "X-Request-ID": {
+            "description": "the request's X-Request-ID when it sent one (letters, digits, "
+            "`._:-`, up to 128), else a generated one; in every log line of the request",
+            "schema": {"type": "string"},
+        },
+        "X-Model-Version": {
+            "description": "the model that answered: its registry version, else "
+            "`sha256:` and the start of its content hash",
+            "schema": {"type": "string"},
+        },
+    }
+    extra = {
+        "401": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        "503": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+    }
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                response["headers"] = {**ids, **extra.get(status, {})}
+            if token and path.startswith(PROTECTED):
+                operation["security"] = [{"bearer": []}]
+    if token:
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {"type": "http", "scheme": "bearer"}
+    return schema
+
+
 def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> FastAPI:
     app = FastAPI(
         title="pix2pixHD",
         version="1",
         description="Label maps to photos (pix2pixHD, Wang et al. 2018) on ONNX Runtime; "
-        "semantic editing as in `pix2pixhd edit`. The web editor is at `/`.",
+        "semantic editing as in `pix2pixhd edit`. The web editor is at `/`. Every error is "
+        'JSON `{"part": ..., "error": ...}`. When the server runs with `--token-file`, '
+        "`/v1/*` need `Authorization: Bearer <token>`; health, metrics and the editor's "
+        "files do not.",
     )
     pool = Pool(config.workers, config.queue, config.retry_after_s)
     metrics = Metrics()
+    lifecycle = Lifecycle()
     limits = config.limits
     samples = list_samples(config.data) if config.data is not None else {}
     app.state.holder, app.state.pool, app.state.metrics = holder, pool, metrics
+    app.state.lifecycle = lifecycle
+    app.add_middleware(
+        Front,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        max_bytes=limits.max_bytes,
+        token=config.token,
+        retry_after_s=config.retry_after_s,
+        version=lambda: holder.engine.version,
+        endpoint=endpoint_of,
+    )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = _document(schema, config.token is not None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    api = (401, 500, 503) if config.token is not None else (500, 503)  # every /v1/* route
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"Retry-After": str(config.retry_after_s)} if exc.status == 503 else None
-        return JSONResponse({"part": exc.part, "error": exc.message}, exc.status, headers)
+        return error_response(exc.status, exc.part, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         part = str(first["loc"][-1]) if first.get("loc") else "request"
-        return JSONResponse({"part": part, "error": f"{part}: {first['msg']}"}, 422)
+        return error_response(422, part, f"{part}: {first['msg']}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"part": "path", "error": f"{request.url.path}: {exc.detail}"},
+        return error_response(
             exc.status_code,
+            "path",
+            f"{request.url.path}: {exc.detail}",
             getattr(exc, "headers", None),
         )
 
-    @app.middleware("http")
-    async def _limit_and_measure(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        path = request.url.path
-        endpoint = next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_bytes:
-            response: Response = JSONResponse(
-                {
-                    "part": "body",
-                    "error": f"body: {size} bytes, above the limit of {limits.max_bytes}",
-                },
-                413,
-            )
-        elif size is None and request.method == "POST":
-            body = b""
-            async for chunk in request.stream():  # chunked: count while reading
-                body += chunk
-                if len(body) > limits.max_bytes:
-                    break
-            if len(body) > limits.max_bytes:
-                response = JSONResponse(
-                    {"part": "body", "error": f"body: above the limit of {limits.max_bytes} bytes"},
-                    413,
-                )
-            else:
-                request._body = body  # replayed to the form parser
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        status = str(response.status_code)
-        metrics.requests.labels(endpoint, status).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, status).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    async def admitted(engine: Engine, fn: Any) -> Any:
+        """``fn`` on a worker, timed: queue wait and model time, by model version."""
+        submitted = time.perf_counter()
 
-    async def admitted(fn: Any, *args: Any) -> Any:
+        def timed() -> Any:
+            began = time.perf_counter()
+            metrics.queue_wait.labels(engine.version).observe(began - submitted)
+            try:
+                return fn()
+            finally:
+                metrics.model_time.labels(engine.version).observe(time.perf_counter() - began)
+
         metrics.in_progress.inc()
         try:
-            return await pool.run(fn, *args)
+            return await pool.run(timed)
         finally:
             metrics.in_progress.dec()
 
@@ -277,7 +377,10 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
     @app.post(
         "/v1/generate",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "the generated photo"}},
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the generated photo"},
+            **_errors(400, 413, 422, *api),
+        },
         summary="Label map (+ instance map) -> photo (PNG, the label map's size)",
     )
     async def generate(
@@ -300,12 +403,13 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             _check_styles(engine, inst, choice)
             return png_bytes(engine.generate(lab, inst, seed, choice))
 
-        png = await admitted(work)
+        png = await admitted(engine, work)
         return Response(png, media_type="image/png", headers={"X-Model-Version": engine.version})
 
     @app.post(
         "/v1/edit",
         response_model=EditResponse,
+        responses=_errors(400, 413, 422, *api),
         summary="Maps + an edit list (as `pix2pixhd edit`) -> before/after photos, edited maps",
         description='`edits` is the JSON of `pix2pixhd edit` ({"edits": [...]}); each '
         "`add` edit's mask is sent as a file part named by its `mask` value. Styles from "
@@ -313,6 +417,7 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
     )
     async def edit(
         request: Request,
+        response: Response,
         label: Annotated[UploadFile, File(description="8-bit PNG of label ids")],
         instance: Annotated[UploadFile, File(description="PNG of instance ids")],
         edits: Annotated[str, Form(description='JSON {"edits": [...]}')] = '{"edits": []}',
@@ -320,6 +425,7 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         samples: Annotated[int, Form(ge=0, description="extra style draws")] = 0,
     ) -> EditResponse:
         engine = holder.engine
+        response.headers["X-Model-Version"] = engine.version
         if samples > limits.max_samples:
             raise ApiError(413, "samples", f"samples: {samples}, above {limits.max_samples}")
         if samples and not engine.info.use_instance_features:
@@ -374,9 +480,13 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
                 model_version=engine.version,
             )
 
-        return await admitted(work)
+        return await admitted(engine, work)
 
-    @app.get("/v1/classes", summary="Label ids the model takes: names, colours, instances")
+    @app.get(
+        "/v1/classes",
+        responses=_errors(*api),
+        summary="Label ids the model takes: names, colours, instances",
+    )
     def classes() -> list[dict[str, Any]]:
         info = holder.engine.info
         return [
@@ -391,7 +501,11 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             if 0 <= lab.id < info.label_nc
         ]
 
-    @app.get("/v1/styles", summary="Cluster centres of instance features per class id")
+    @app.get(
+        "/v1/styles",
+        responses=_errors(*api),
+        summary="Cluster centres of instance features per class id",
+    )
     def styles() -> dict[str, Any]:
         info = holder.engine.info
         return {
@@ -400,26 +514,43 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             "centres": info.styles(),
         }
 
-    @app.get("/v1/samples", summary="Samples of the --data dataset the editor can open")
+    @app.get(
+        "/v1/samples",
+        responses=_errors(*api),
+        summary="Samples of the --data dataset the editor can open",
+    )
     def sample_list() -> list[str]:
         return list(samples)
 
     @app.get(
         "/v1/samples/{split}/{stem}/{role}",
         response_class=FileResponse,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the file"},
+            **_errors(404, 422, *api),
+        },
         summary="One file of a sample: role label, instance or image",
     )
-    def sample_file(split: str, stem: str, role: str) -> FileResponse:
+    def sample_file(
+        split: str, stem: str, role: Literal["label", "instance", "image"]
+    ) -> FileResponse:
         files = samples.get(f"{split}/{stem}")
         if files is None or role not in files:
             raise ApiError(404, "path", f"no sample {split}/{stem} with a {role} file")
         return FileResponse(files[role], media_type="image/png")
 
-    @app.get("/healthz", summary="Ready: a model is loaded")
+    @app.get(
+        "/healthz",
+        responses=_errors(500),
+        summary="Status: model, registry version, queue occupancy (200 while the process answers)",
+        description="A status document for people and dashboards, kept for existing "
+        "clients: `status` is `ok`, or `shutting down` once SIGTERM arrived. It answers 200 "
+        "in both cases; probes use `/livez` (liveness) and `/readyz` (readiness).",
+    )
     def healthz() -> dict[str, Any]:
         engine = holder.engine
         return {
-            "status": "ok",
+            "status": "shutting down" if lifecycle.draining else "ok",
             "model": engine.source,
             "version": engine.version,
             "label_nc": engine.info.label_nc,
@@ -427,7 +558,39 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             "capacity": pool.capacity,
         }
 
-    @app.get("/metrics", response_class=Response, summary="Prometheus text")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    async def ready() -> Any:
+        engine = holder.engine  # loaded before the server listens; swapped, never unset
+        if lifecycle.draining:
+            return error_response(
+                503,
+                "server",
+                f"server: not ready: shutting down ({lifecycle.stopping_reason})",
+                {"Retry-After": str(config.retry_after_s)},  # every 503 has it
+            )
+        return {"ready": True, "model_version": engine.version}
+
+    live_doc = "Liveness: the process answers (no model work, no dependency)"
+    ready_doc = "Readiness: the model is loaded and requests are admitted (503 once shutdown began)"
+    app.get("/livez", responses=_errors(500), summary=live_doc)(live)
+    app.get("/readyz", responses=_errors(500, 503), summary=ready_doc)(ready)
+    for path, fn, doc, errs in (
+        ("/v2/health/live", live, live_doc, (500,)),
+        ("/v2/health/ready", ready, ready_doc, (500, 503)),
+    ):  # the names of KServe's Open Inference Protocol
+        app.get(path, responses=_errors(*errs), summary=doc + " (Open Inference Protocol)")(fn)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"},
+            **_errors(500),
+        },
+        summary="Prometheus text",
+    )
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -17,8 +17,16 @@ import numpy as np
 
 from model.errors import InputError
 from model.model_contract import ModelInfo, crop, draw_features, onnx_feeds, to_rgb
+from model.onnx_integrity import HASH_KEY
 
 log = logging.getLogger(__name__)
+
+
+def local_version(meta: Mapping[str, str]) -> str:
+    """A file's model version: ``sha256:`` and the start of its content hash (export
+    stamps it in the metadata), else ``local``."""
+    digest = meta.get(HASH_KEY, "")
+    return f"sha256:{digest[:12]}" if digest else "local"
 
 
 class Engine:
@@ -29,8 +37,11 @@ class Engine:
 
         path = Path(path)
         self.session = make_session(path, "cpu", threads or None)
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.path, self.source, self.version = path, source or str(path), version
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, path)
+        self.path, self.source = path, source or str(path)
+        #: the registry version, else the start of the graph's content hash (a file)
+        self.version = version or local_version(meta)
 
     def features(
         self,

@@ -1,15 +1,23 @@
-"""`pix2pixhd serve`: resolve the model, start uvicorn, optionally follow a registry alias."""
+"""`pix2pixhd serve`: resolve the model, start uvicorn with a graceful life cycle (SIGTERM:
+readiness fails, requests in flight finish, the summary is printed, exit 0), optionally
+follow a registry alias."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.serve.app import ModelHolder, ServeConfig, create_app
 from components.serve.engine import Engine
+from components.serve.front import RequestIdFilter
 from components.serve.maps import Limits
 from components.serve.source import registered, registered_onnx, registered_version, resolve
 from components.signature import PositiveInt
@@ -78,6 +86,92 @@ def load(model: str, threads: int = 0, tracking_uri: str | None = None) -> Model
     return ModelHolder(Engine(resolved.onnx, threads, source=model, version=resolved.version))
 
 
+def read_token(path: Path) -> str:
+    """The bearer token: the file's content without surrounding white space (a mounted
+    Secret's key, or a file only the server's user reads)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--token-file {path}: cannot read it ({type(exc).__name__})") from None
+    if not token or any(c.isspace() for c in token):
+        raise InputError(
+            f"--token-file {path}: expected one token (no white space inside), found "
+            f"{'nothing' if not token else 'white space'}"
+        )
+    return token
+
+
+class GracefulServer:
+    """uvicorn's server, with this life cycle on SIGTERM or SIGINT: readiness fails and
+    new API requests are refused at once (``Lifecycle.stop_admitting``), the listener
+    closes, requests in flight get ``grace_s`` seconds to finish, then ``serve`` returns
+    (no re-raised signal: the command prints its summary and exits 0). A second SIGINT
+    stops at once."""
+
+    def __init__(self, app: Any, host: str, port: int, grace_s: float) -> None:
+        import uvicorn
+
+        lifecycle = app.state.lifecycle
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # uvicorn's would re-raise the signal afterwards
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True
+                lifecycle.stop_admitting(signal.Signals(sig).name)
+                self.should_exit = True
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,  # components.serve.access writes one JSON line per request
+            timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
+        )
+        self.server = Server(config)
+
+    def serve(self) -> None:
+        self.server.run()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _request_logging() -> Iterator[None]:
+    """Access lines as bare JSON on stderr; the request id on the request's other lines."""
+    access = logging.getLogger("components.serve.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    tagged = list(logging.getLogger().handlers)
+    ids = RequestIdFilter()
+    saved = access.propagate, access.level
+    access.addHandler(handler)
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    for h in tagged:
+        h.addFilter(ids)
+    try:
+        yield
+    finally:
+        for h in tagged:
+            h.removeFilter(ids)
+        access.removeHandler(handler)
+        access.propagate, access.level = saved
+
+
 def run(
     model: str,
     host: str = "127.0.0.1",
@@ -91,10 +185,14 @@ def run(
     tracking_uri: str | None = None,
     max_bytes: PositiveInt = Limits.max_bytes,
     max_pixels: PositiveInt = Limits.max_pixels,
+    grace_s: float = 30.0,
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
     """Serve the HTTP API (ONNX Runtime) and the web editor for a model.
 
-    Serve until interrupted (SIGINT/SIGTERM: requests in flight are finished).
+    Serve until SIGTERM or SIGINT: readiness (/readyz) fails and new API requests are
+    refused at once, requests in flight get ``grace_s`` seconds to finish, then the
+    summary is printed and the command exits 0.
 
     Args:
         model: a checkpoint, an ONNX file or an MLflow model URI (``models:/NAME@alias``).
@@ -104,14 +202,20 @@ def run(
         data: a dataset whose label maps the editor offers (optional).
         follow_alias: reload when the registry alias of ``model`` moves, polling every
             ``poll_s`` seconds against ``tracking_uri``.
+        poll_s: seconds between two polls of the alias (with --follow-alias).
         tracking_uri: the MLflow tracking server that resolves models:/ URIs.
         max_bytes, max_pixels: request body and image size limits.
+        grace_s: seconds requests in flight get to finish after SIGTERM/SIGINT.
+        token_file: a file holding a bearer token (e.g. a mounted Secret); with it,
+            /v1/* need the header ``Authorization: Bearer <token>`` (health, metrics and
+            the editor's page stay open; the editor asks for the token).
     """
-    import uvicorn
-
     reg = registered(model)
     if follow_alias and (reg is None or reg[1] is None):
         raise InputError("--follow-alias needs --model models:/<name>@<alias>")
+    if grace_s < 0:
+        raise InputError(f"--grace-s {grace_s}: expected seconds >= 0")
+    token = read_token(token_file) if token_file is not None else None
     if threads == 0:  # split the cores between the workers rather than oversubscribe
         threads = max(1, (os.cpu_count() or 1) // workers)
     holder = load(model, threads, tracking_uri)
@@ -120,18 +224,41 @@ def run(
         queue=queue,
         limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
         data=data,
+        token=token,
     )
     app = create_app(holder, config)
+    server = GracefulServer(app, host, port, grace_s)
     follower = None
     if follow_alias:
         follower = AliasFollower(
             holder, reg[0], reg[1], tracking_uri, threads, app.state.metrics.reloads.inc
         )
         follower.start(poll_s)
-    log.info("serving %s (version %s) on http://%s:%d", model, holder.engine.version, host, port)
+    log.info(
+        "serving %s (version %s) on http://%s:%d%s",
+        model,
+        holder.engine.version,
+        host,
+        port,
+        " (bearer token required on /v1/*)" if token is not None else "",
+    )
+    lifecycle = app.state.lifecycle
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+        with _request_logging():
+            server.serve()
     finally:
         if follower is not None:
             follower.stop()
-    return {"served": model, "host": host, "port": port}
+        app.state.pool.executor.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped (%s)", lifecycle.stopping_reason or "server exit")
+    return {
+        "served": model,
+        "host": host,
+        "port": port,
+        "model_version": holder.engine.version,
+        "auth": "bearer token" if token is not None else "none",
+        "requests": lifecycle.requests,
+        "unfinished": lifecycle.cut + lifecycle.in_flight,  # cut when the grace ran out
+        "stopped_by": lifecycle.stopping_reason or "server exit",
+        "uptime_s": round(time.time() - lifecycle.started, 1),
+    }

@@ -7,6 +7,7 @@ import configparser
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from components.params import load_params
@@ -133,12 +134,40 @@ def test_cluster_mlflow_uses_the_backend_the_tests_run():
     assert f'--backend-store-uri "{BACKEND_SCHEME}://' in manifest
 
 
-def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
+def _round_trip(doc: dict, model: str) -> None:
+    """``doc`` holds only fields of the official Kubernetes API model ``model`` (the
+    client's models are generated from the API's OpenAPI schema; required fields are
+    checked on the way in, unknown ones dropped, so a typo shows as a difference)."""
+    from kubernetes.client import ApiClient
+
+    api = ApiClient()
+    obj = api._ApiClient__deserialize(doc, model)
+    assert api.sanitize_for_serialization(obj) == doc, f"{doc['kind']}: not a valid {model}"
+
+
+def _serving_docs() -> list[dict]:
+    return list(yaml.safe_load_all((ROOT / "infra/k8s/serving/serve.yaml").read_text()))
+
+
+def test_serve_manifests_are_kubernetes_objects():
+    models = {
+        "Deployment": "V1Deployment",
+        "Service": "V1Service",
+        "HorizontalPodAutoscaler": "V2HorizontalPodAutoscaler",
+        "PodDisruptionBudget": "V1PodDisruptionBudget",
+    }
+    docs = _serving_docs()
+    assert sorted(d["kind"] for d in docs) == sorted(models)
+    for doc in docs:
+        _round_trip(doc, models[doc["kind"]])
+
+
+def test_serve_deployment_runs_the_cli_with_probes_grace_and_token():
     from components.registry import ALIAS
     from pix2pixhd.cli import build_parser
 
     serving = ROOT / "infra" / "k8s" / "serving"
-    docs = list(yaml.safe_load_all((serving / "serve.yaml").read_text()))
+    docs = _serving_docs()
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     service = next(d for d in docs if d["kind"] == "Service")
     pod = deploy["spec"]["template"]
@@ -162,14 +191,82 @@ def test_serve_deployment_runs_the_cli_with_readiness_on_healthz():
     assert args.host == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == args.port
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # probes on the server's endpoints (tests/serve/test_serve_ops.py checks them)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] in ("/livez", "/readyz")
+    # stopping: preStop's sleep, then the server's grace period, within the pod's
+    (sleep,) = [int(x) for x in container["lifecycle"]["preStop"]["exec"]["command"][1:]]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert args.grace_s > 0 and sleep + args.grace_s < grace <= sleep + args.grace_s + 15
+    # memory requested and limited (placeholder figures, said so), CPU requested for the HPA
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    assert "PLACEHOLDER" in (serving / "serve.yaml").read_text()
+    # the token: a Secret's key mounted read-only as the file --token-file names
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (token_volume,) = [v for v in volumes.values() if "secret" in v]
+    mount = mounts[token_volume["name"]]
+    assert mount.get("readOnly") is True
+    (item,) = token_volume["secret"]["items"]
+    assert str(args.token_file) == f"{mount['mountPath']}/{item['path']}"
+    assert (
+        token_volume["secret"]["secretName"]
+        in (serving / "serve.yaml").read_text().split("create secret generic ")[1]
+    )  # the header says how to create it
+    assert not any("token" in str(e).lower() for e in container["env"])  # not in the env
     assert service["spec"]["ports"][0]["targetPort"] in ports
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.pix2pixhd:5000"  # base's Service
     kust = yaml.safe_load((serving / "kustomization.yaml").read_text())
     assert "serve.yaml" in kust["resources"] and kust["namespace"] == "pix2pixhd"
     assert container["image"] in {i["name"] for i in kust["images"]}
+
+
+def test_serve_autoscaler_and_disruption_budget_fit_the_deployment():
+    docs = _serving_docs()
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert "replicas" not in deploy["spec"]  # the autoscaler owns the count
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        deploy["apiVersion"],
+        "Deployment",
+        deploy["metadata"]["name"],
+    )
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert "cpu" in container["resources"]["requests"]  # utilisation is relative to it
+    lo, hi = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # a drain can always evict one pod, yet one keeps serving
+    assert 1 <= pdb["spec"]["minAvailable"] < lo <= hi
+
+
+def test_serving_kustomization_builds():
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl: the kustomize build of infra/k8s/serving is not checked")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "infra/k8s/serving")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout)}
+    assert {("Deployment", "serve"), ("HorizontalPodAutoscaler", "serve")} <= kinds
+    assert {("PodDisruptionBudget", "serve"), ("Service", "serve")} <= kinds
 
 
 def test_champion_inferenceservice_serves_the_registry_alias():

@@ -2,6 +2,7 @@
 `pix2pixhd serve` started from the command line. Open a bundled sample, paint a stroke of
 another class, generate: the photo changes where painted and nowhere out of the model's
 reach (conftest.REACH, measured); select an object and remove it; undo; upload maps.
+With --token-file: the page asks for the token and its API calls carry it.
 
 Set SERVE_SCREENSHOT=path to keep the screenshot (docs/serve_editor.png was made so)."""
 
@@ -43,20 +44,20 @@ def image(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-@pytest.fixture
-def server(serve_model, tmp_path):
+def start(serve_model, tmp_path, *extra: str):
+    """`pix2pixhd serve` on a free loopback port until the test ends: yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "pix2pixhd", "serve", "--model", str(serve_model["onnx"])]
-    cmd += ["--data", str(serve_model["data"]), "--port", str(port), "--workers", "1"]
+    cmd += ["--data", str(serve_model["data"]), "--port", str(port), "--workers", "1", *extra]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             pass
@@ -66,8 +67,22 @@ def server(serve_model, tmp_path):
         time.sleep(0.2)
     yield url
     proc.terminate()
-    proc.wait(20)
+    assert proc.wait(20) == 0  # SIGTERM: a clean stop
     log.close()
+
+
+@pytest.fixture
+def server(serve_model, tmp_path):
+    yield from start(serve_model, tmp_path)
+
+
+TOKEN = "editor-token-8d21"
+
+
+@pytest.fixture
+def secured_server(serve_model, tmp_path):
+    (tmp_path / "token").write_text(TOKEN)
+    yield from start(serve_model, tmp_path, "--token-file", str(tmp_path / "token"))
 
 
 def test_paint_generate_select_remove_undo_upload(server, serve_model, tmp_path):
@@ -144,3 +159,33 @@ def test_paint_generate_select_remove_undo_upload(server, serve_model, tmp_path)
         assert np.array_equal(image(uploaded["label"]), np.asarray(Image.open(other)))
         assert not errors, errors
         browser.close()
+
+
+def test_editor_asks_for_the_token_and_sends_it(secured_server, tmp_path):
+    """With --token-file the page asks for the token (once, again when refused) and its
+    API calls carry it as the Authorization header."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(secured_server)
+        page.wait_for_selector("#login:not([hidden])")
+        assert page.locator("#sample-select option").count() == 0  # nothing without it
+        page.fill("#token", "wrong")
+        page.click("#login-submit")
+        page.wait_for_function(
+            "document.getElementById('login-message').textContent.includes('refused')"
+        )
+        page.fill("#token", TOKEN)
+        page.click("#login-submit")
+        page.wait_for_function("document.querySelectorAll('#sample-select option').length > 0")
+        assert page.locator("#login").is_hidden()
+        with page.expect_response("**/v1/edit") as response:
+            page.click("#open-sample")
+        assert response.value.status == 200
+        assert response.value.request.headers["authorization"] == f"Bearer {TOKEN}"
+        assert not errors, errors
+        browser.close()
+    assert TOKEN not in (tmp_path / "serve.log").read_text()

@@ -32,8 +32,48 @@ function setStatus(text, error = false) {
   $("status").className = error ? "error" : "";
 }
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+// With `serve --token-file`, /v1/* need "Authorization: Bearer <token>". On a 401 the page
+// asks for the token once (the login form), keeps it in this tab's sessionStorage and sends
+// it as that header, as any API client does: no cookie, so no request forgery from other
+// sites, and nothing on the server beyond the header check.
+const TOKEN_KEY = "pix2pixhd-token";
+let tokenPrompt = null; // one prompt for the requests that got 401 together
+
+function askToken(message) {
+  if (!tokenPrompt) {
+    tokenPrompt = new Promise((resolve) => {
+      const form = $("login");
+      $("login-message").textContent = message;
+      form.hidden = false;
+      $("token").focus();
+      form.addEventListener(
+        "submit",
+        (event) => {
+          event.preventDefault();
+          sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+          $("token").value = "";
+          form.hidden = true;
+          tokenPrompt = null;
+          resolve();
+        },
+        { once: true },
+      );
+    });
+  }
+  return tokenPrompt;
+}
+
+async function api(path, options = {}) {
+  let response;
+  for (;;) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = new Headers(options.headers || {});
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) break;
+    sessionStorage.removeItem(TOKEN_KEY);
+    await askToken(token ? "that token was refused: try again" : "this server needs its API token");
+  }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -249,7 +289,7 @@ async function init() {
   $("selection-class").replaceChildren(...state.classes.map((c) => new Option(c.name, String(c.id))));
   choose(state.cls);
   const health = await (await api("/healthz")).json();
-  $("model-info").textContent = `${health.model}${health.version ? ` v${health.version}` : ""}`;
+  $("model-info").textContent = `${health.model} (${health.version})`;
   const samples = await (await api("/v1/samples")).json();
   $("sample-select").replaceChildren(...samples.map((s) => new Option(s, s)));
   $("open-sample").disabled = samples.length === 0;
