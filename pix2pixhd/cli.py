@@ -126,11 +126,8 @@ def _option(step: Step, p: Param, location: bool) -> tuple[list[str], dict[str, 
         kw["metavar"] = "{" + ",".join(map(str, kw["choices"])) + "}"
     elif ann == "bool":
         kw["action"] = "store_false" if p.default is True else "store_true"
-    elif location:
-        kw["type"] = _location
-        kw["metavar"] = "PATH"
-    elif ann in ("Path", "str | Path", "Path | str"):
-        kw["type"] = Path
+    elif location or ann in ("Path", "str | Path", "Path | str"):
+        kw["type"] = _location  # any path may be an s3:// URI: staged like the locations
         kw["metavar"] = "PATH"
     elif ann == "PositiveInt":
         kw["type"] = _positive_int

@@ -195,3 +195,31 @@ def test_a_refusing_endpoint_fails_within_seconds_naming_the_uri(monkeypatch):
     with pytest.raises(InputError, match="s3://bucket/key"):
         storage.fetch("s3://bucket/key")
     assert time.perf_counter() - start < 10
+
+
+def test_any_path_option_takes_an_s3_uri(s3, tmp_path):
+    """data convert --out s3://... publishes to the store (it wrote a local directory
+    named 's3:' before), like every step's locations."""
+    _, bucket = s3
+    (tmp_path / "colour").mkdir()
+    road = np.zeros((8, 16, 3), np.uint8) + np.array([128, 64, 128], np.uint8)
+    Image.fromarray(road).save(tmp_path / "colour" / "a.png")
+    out = f"s3://{bucket}/converted/"
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--palette",
+                "cityscapes",
+                "--labels",
+                str(tmp_path / "colour"),
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    got = storage.fetch(out, cache=tmp_path / "cache")
+    assert (np.asarray(Image.open(got / "a.png")) == 7).all()  # road's label id
+    assert not Path("s3:").exists()
