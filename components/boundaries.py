@@ -6,6 +6,8 @@ Idempotent: a map newer than its instance file is skipped. Uses a process pool.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -43,6 +45,14 @@ def _one(job: tuple[str, str]) -> str:
     return dst
 
 
+SOURCES = ".sources.json"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def run(
     data: Path,
     out: Path,
@@ -51,6 +61,11 @@ def run(
     workers: PositiveInt | None = None,
 ) -> dict[str, Any]:
     """Write one boundary map per instance map (skipping maps already up to date).
+
+    Up to date is decided by content: ``out/.sources.json`` records the SHA-256 of the
+    instance map each boundary map was made from; a map whose source bytes changed (or a
+    map made for other data of the same name, e.g. another size) is made again. Maps of
+    samples no longer in the dataset are removed.
 
     Args:
         data: the dataset root.
@@ -68,17 +83,26 @@ def run(
     prepare_out_dir(out)
     if lay == "rgb":
         raise InputError(f"{data}: the rgb layout has no instance maps, nothing to do")
-    jobs, skipped = [], 0
+    record = out / SOURCES
+    try:
+        known = json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    jobs, skipped, sources = [], 0, {}
     for split in splits:
         for s in find_samples(data, lay, split):
             if s.instance is None:
                 continue
             dst = boundary_file(out, split, s.stem)
-            if dst.exists() and dst.stat().st_mtime >= s.instance.stat().st_mtime:
+            rel = dst.relative_to(out).as_posix()
+            sources[rel] = _sha256(s.instance)
+            if dst.exists() and known.get(rel) == sources[rel]:
                 skipped += 1
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((str(s.instance), str(dst)))
+    for rel in set(known) - set(sources):  # samples gone from the dataset
+        (out / rel).unlink(missing_ok=True)
     if not jobs and not skipped:
         raise InputError(f"{data}: no instance maps found in splits {', '.join(splits)}")
     start = time.perf_counter()
@@ -92,12 +116,9 @@ def run(
     else:
         for job in progress(jobs, desc="boundaries", unit="img"):
             _one(job)
-    summary = {
-        "written": len(jobs),
-        "skipped_up_to_date": skipped,
-        "seconds": round(time.perf_counter() - start, 2),
-        "layout": lay,
-    }
-    write_json(out / "boundaries_summary.json", summary)
+    summary = {"written": len(jobs), "skipped_up_to_date": skipped, "layout": lay}
+    write_json(record, sources)
+    write_json(out / "boundaries_summary.json", {"maps": len(sources), "layout": lay})
+    summary["seconds"] = round(time.perf_counter() - start, 2)  # not in the output: DVC
     log.info("boundaries: %d written, %d up to date", len(jobs), skipped)
     return summary

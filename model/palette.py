@@ -14,14 +14,13 @@ counts and first positions. ``convert --palette`` and the ``rgb`` layout with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from model.errors import InputError
+from model.errors import InputError, quote
+from model.fileio import read_json
 from model.labels import LABELS
 
 
@@ -59,7 +58,7 @@ def _colour(text: str, source: str) -> tuple[int, int, int]:
     except ValueError:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise InputError(f"{source}: colour {text!r}: expected '#rrggbb' or 'r,g,b' (0..255)")
+        raise InputError(f"{source}: colour {quote(text)}: expected '#rrggbb' or 'r,g,b' (0..255)")
     return rgb  # type: ignore[return-value]
 
 
@@ -68,12 +67,9 @@ def load_palette(spec: str | Path) -> Palette:
     if str(spec) == "cityscapes":
         return cityscapes_palette()
     path = Path(spec)
-    try:
-        tree = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"--palette {spec}: expected 'cityscapes' or a JSON file") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON palette ({exc})") from None
+    if not path.is_file():
+        raise InputError(f"--palette {quote(str(spec))}: expected 'cityscapes' or a JSON file")
+    tree = read_json(path, "JSON palette")
     pairs: list[tuple[tuple[int, int, int], int]] = []
     if isinstance(tree, dict):
         items = [(_colour(str(k), str(path)), v) for k, v in tree.items()]
@@ -82,13 +78,15 @@ def load_palette(spec: str | Path) -> Palette:
         for e in tree:
             c = e.get("color", e.get("colour")) if isinstance(e, dict) else None
             if not (isinstance(c, list) and len(c) == 3):
-                raise InputError(f"{path}: entry {e!r}: expected {{'color': [r, g, b], 'id': n}}")
+                raise InputError(
+                    f"{path}: entry {quote(e)}: expected {{'color': [r, g, b], 'id': n}}"
+                )
             items.append((_colour(",".join(str(v) for v in c), str(path)), e.get("id")))
     else:
         raise InputError(f"{path}: expected an object of colour: id or a list of entries")
     for colour, label in items:
-        if not isinstance(label, int) or not 0 <= label <= 255:
-            raise InputError(f"{path}: colour {colour}: id {label!r} is not an integer 0..255")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 255:
+            raise InputError(f"{path}: colour {colour}: id {quote(label)} is not an integer 0..255")
         pairs.append((colour, label))
     if not pairs:
         raise InputError(f"{path}: the palette has no colours")
@@ -123,14 +121,10 @@ def describe_unknown(path: str | Path, unknown: list[tuple], limit: int = 5) -> 
 
 def read_colour_label(path: str | Path, palette: Palette) -> np.ndarray:
     """An RGB(A) colour label map -> (H, W) uint8 ids; unknown colours raise InputError."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable image: {exc}") from None
+    from model.image_io import open_image  # the pixel budget before decoding
+
+    with open_image(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
     ids, unknown = decode(rgb, palette)
     if unknown:
         raise InputError(describe_unknown(path, unknown))
