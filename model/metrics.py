@@ -85,3 +85,68 @@ def scores(cm: ConfusionMatrix) -> Scores:
 
 def label_ids_to_train_ids(label: np.ndarray) -> np.ndarray:
     return train_id_lut()[np.clip(label, 0, 255).astype(np.uint8)]
+
+
+def matrix_scores(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel accuracy and mean IoU of confusion matrices ``m`` of shape (..., n, n + 1),
+    vectorised over the leading axes, with :class:`ConfusionMatrix`'s conventions."""
+    m = np.asarray(m, np.float64)
+    n = m.shape[-2]
+    tp = np.diagonal(m[..., :n], axis1=-2, axis2=-1)
+    gt, pred = m.sum(-1), m[..., :n].sum(-2)
+    denom = gt + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+        total = m.sum((-2, -1))
+        accuracy = np.where(total > 0, tp.sum(-1) / np.where(total > 0, total, 1), np.nan)
+    present = np.isfinite(iou)
+    mean_iou = np.where(
+        present.any(-1), np.nansum(iou, -1) / np.maximum(present.sum(-1), 1), np.nan
+    )
+    return accuracy, mean_iou
+
+
+def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) image indices drawn with replacement: the bootstrap's draws."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _resampled(per_image: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The summed confusion matrix of each resample (resamples, n, n + 1)."""
+    n = per_image.shape[0]
+    counts = np.stack([np.bincount(row, minlength=n) for row in indices]).astype(np.float64)
+    return np.einsum("bi,ijk->bjk", counts, per_image.astype(np.float64))
+
+
+def bootstrap_intervals(
+    per_image: np.ndarray, resamples: int, seed: int, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of pixel accuracy and mean IoU over images:
+    ``per_image`` holds each image's confusion matrix (N, n, n + 1); the dataset-level
+    scores of each resample of the N images are computed from the summed matrices."""
+    acc, miou = matrix_scores(
+        _resampled(per_image, resample_indices(len(per_image), resamples, seed))
+    )
+    tail = (1 - level) / 2 * 100
+    return {
+        "pixel_accuracy": [float(v) for v in np.nanpercentile(acc, [tail, 100 - tail])],
+        "mean_iou": [float(v) for v in np.nanpercentile(miou, [tail, 100 - tail])],
+    }
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, resamples: int, seed: int, level: float = 0.95
+) -> dict[str, float]:
+    """Mean IoU of ``a`` minus that of ``b``, both scored on the same images (per-image
+    confusion matrices, one row per image in the same order): the difference and its
+    paired percentile bootstrap interval (the same resampled images for both)."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same images: {a.shape} vs {b.shape}")
+    idx = resample_indices(len(a), resamples, seed)
+    _, ma = matrix_scores(_resampled(a, idx))
+    _, mb = matrix_scores(_resampled(b, idx))
+    diff = ma - mb
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(diff, [tail, 100 - tail])
+    point = matrix_scores(a.sum(0))[1] - matrix_scores(b.sum(0))[1]
+    return {"difference": float(point), "low": float(lo), "high": float(hi), "level": level}
