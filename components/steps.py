@@ -218,7 +218,13 @@ STEPS: tuple[Step, ...] = (
             "model.generator.n_local_enhancers",
             "validate",
         ),
-        files=(Out("manifest.json"), Out("summary.json", "summary"), Out("metrics.json", "metric")),
+        files=(
+            Out("manifest.json"),
+            Out("great_expectations_result.json"),
+            Out("data_docs"),
+            Out("summary.json", "summary"),
+            Out("metrics.json", "metric"),
+        ),
         internal=("html",),
     ),
     Step(
@@ -251,7 +257,7 @@ STEPS: tuple[Step, ...] = (
         ),
         files=(
             Out("latest.pth"),
-            Out("samples.png"),
+            Out("samples.png", "plot"),
             Out("summary.json", "summary"),
             Out("metrics.json", "metric"),
             Out(
@@ -313,7 +319,7 @@ STEPS: tuple[Step, ...] = (
         },
         params_keys=("data.layout", "data.palette", "tracking.experiment", "evaluate"),
         files=(
-            Out("samples.png"),
+            Out("samples.png", "plot"),
             Out("evaluation.json", "summary"),
             Out("iou_per_class.csv", "summary"),
             Out("confusion_matrix.json", "summary"),
@@ -362,6 +368,7 @@ STEPS: tuple[Step, ...] = (
     Step("import-checkpoint", "components.import_checkpoint:run"),
     Step("data convert", "components.convert:run"),
     Step("serve", "components.serve.server:run"),
+    Step("metrics compare", "components.compare:run"),
     Step(
         "params",
         "components.params_doc:resolve",
@@ -568,23 +575,36 @@ def _dvc_stage(task: Task) -> dict[str, Any]:
     return stage
 
 
+#: image files DVC shows as image plots (the stage's own ``plots`` entry is enough)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
+
+
 def dvc_yaml() -> dict[str, Any]:
-    """dvc.yaml as data: one stage per task, and a plot per plotted file."""
+    """dvc.yaml as data: one stage per task, and one plot per plotted file. A table with
+    columns ``y`` gets a top-level definition (x ``step``, several lines) and is then a
+    plain output of its stage: DVC draws a stage's own plot entries too, so a file in
+    both would be drawn twice. Images stay as the stage's plot entries."""
     stages = {t.name: _dvc_stage(t) for t in TASKS}
     plots = []
     for t in TASKS:
         for f in t.spec.files:
-            if f.role == "plot":
-                path = f"{DATA_ROOT}/{t.name}/{f.path}"
-                plots.append(
-                    {
-                        f"{t.name}_{f.path.split('.')[0]}": {
-                            "title": f"{t.name}: {f.path}",
-                            "x": "step",
-                            "y": {path: list(f.y)},
-                        }
+            if f.role != "plot" or not f.y or f.path.endswith(IMAGE_SUFFIXES):
+                continue
+            path = f"{DATA_ROOT}/{t.name}/{f.path}"
+            plots.append(
+                {
+                    f"{t.name}_{f.path.split('.')[0]}": {
+                        "title": f"{t.name}: {f.path}",
+                        "x": "step",
+                        "y": {path: list(f.y)},
                     }
-                )
+                }
+            )
+            stage = stages[t.name]
+            stage["plots"].remove({path: {"cache": False}})
+            stage["outs"] = [*stage.get("outs", []), {path: {"cache": False}}]
+            if not stage["plots"]:
+                del stage["plots"]
     return {"stages": stages, "plots": plots}
 
 

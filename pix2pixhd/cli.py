@@ -54,6 +54,7 @@ PARENTS: dict[str, str] = {
     "segmenter": "the frozen segmenter used by evaluate",
     "pipeline": "the whole DAG: Kubeflow (compile, run locally, submit) and dvc.yaml",
     "data": "dataset tools (synth, convert)",
+    "metrics": "scores judged against the reproducibility band",
 }
 
 #: a parameter typed with one of these dataclasses expands into one option per field
@@ -146,6 +147,8 @@ def _option(step: Step, p: Param, location: bool) -> tuple[list[str], dict[str, 
     shown = p.default
     if isinstance(shown, Source) and shown.text.startswith("Path("):
         shown = ast.literal_eval(shown.text[len("Path(") : -1])
+    elif isinstance(shown, Source) and shown.text.isidentifier():
+        shown = None  # a constant's name says nothing: the docstring gives the value
     if shown not in (REQUIRED, None, False, True, "", ()) and "help" not in kw:
         help_text += f" (default: {', '.join(shown) if isinstance(shown, tuple) else shown})"
     kw["help"] = help_text.replace("``", "`").replace("%", "%%").strip() or None
