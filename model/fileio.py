@@ -306,6 +306,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 #: the largest YAML or JSON document a user hands over (params, suites, palettes, edits)
 MAX_DOCUMENT_BYTES = 4 * 2**20
+MAX_YAML_DEPTH = 64
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -319,8 +320,19 @@ def load_yaml(text: str, source: str) -> Any:
 
     if len(text) > MAX_DOCUMENT_BYTES:
         raise ConfigError(f"{source}: {len(text)} bytes, more than {MAX_DOCUMENT_BYTES} allowed")
+    opening = (
+        yaml.FlowSequenceStartToken,
+        yaml.FlowMappingStartToken,
+        yaml.BlockSequenceStartToken,
+        yaml.BlockMappingStartToken,
+    )
+    closing = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+    depth = 0
     try:
         for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            depth += isinstance(token, opening) - isinstance(token, closing)
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep")
             if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
                 kind = "anchors and aliases (&, *)"
                 raise ConfigError(f"{source}: YAML {kind} are not allowed in this file")
