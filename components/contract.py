@@ -330,20 +330,43 @@ def _expected(kind: str, kw: dict[str, Any]) -> str:
     return kind
 
 
-def failures(result: dict[str, Any], rows: list[dict[str, Any]], data: str) -> list[str]:
-    """One line per failing sample (file, column, measured value) or table check."""
+def _entry(r: dict[str, Any], suite: dict[str, Any] | None) -> tuple[str, dict, dict]:
+    """A result's expectation in the suite's own words (type, kwargs, meta): the suite
+    entry its ``meta.index`` names (``gx_suite`` sets it), else what the result carries
+    less Great Expectations' internal forms (a row condition as a filter object)."""
+    cfg = r.get("expectation_config", {})
+    index = cfg.get("meta", {}).get("index")
+    entries = (suite or {}).get("expectations", [])
+    if isinstance(index, int) and 0 <= index < len(entries):
+        e = entries[index]
+        return e["type"], e["kwargs"], e.get("meta", {})
+    kw = {k: v for k, v in cfg.get("kwargs", {}).items() if k != "batch_id"}
+    if not isinstance(kw.get("row_condition"), str | None):
+        kw.pop("row_condition")
+    return cfg.get("type", ""), kw, cfg.get("meta", {})
+
+
+def failures(
+    result: dict[str, Any],
+    rows: list[dict[str, Any]],
+    data: str,
+    suite: dict[str, Any] | None = None,
+) -> list[str]:
+    """One line per failing sample (its file, the column and measured value, what was
+    expected and why) or table check (the dataset, the measured value), worded from the
+    ``suite`` entries rather than from Great Expectations' result text."""
     lines: list[str] = []
     for r in result.get("results", []):
         if r.get("success"):
             continue
-        cfg = r.get("expectation_config", {})
-        kind, kw, meta = cfg.get("type", ""), cfg.get("kwargs", {}), cfg.get("meta", {})
+        kind, kw, meta = _entry(r, suite)
         why = meta.get("explain", kind)
         res = r.get("result", {})
         exc = r.get("exception_info", {})
         if exc.get("raised_exception"):
             msg = str(exc.get("exception_message", "")).splitlines()[0][:200]
-            lines.append(f"{data}: expectation {kind} on {kw.get('column', '')}: error: {msg}")
+            what = kw.get("column", kw.get("column_A", "the table"))
+            lines.append(f"{data}: cannot check {what} ({why}): {msg}")
             continue
         expected = _expected(kind, kw)
         idx = res.get("unexpected_index_list")
@@ -369,15 +392,16 @@ def failures(result: dict[str, Any], rows: list[dict[str, Any]], data: str) -> l
                 lines.append(f"{path}: {what}, expected {expected} ({why})")
             continue
         observed = res.get("observed_value")
-        where = ""
-        if kw.get("row_condition"):
-            where = f" where {kw['row_condition']}"
         label = kw.get("column", "rows")
         if meta.get("drift") and "reference_frequency" in meta:
             lines.append(
                 f"{data}: drift: {meta.get('class')} ({label}) frequency {_fmt(observed)}, "
                 f"training {_fmt(meta['reference_frequency'])}, expected {expected}"
             )
+            continue
+        where = f" where {kw['row_condition']}" if kw.get("row_condition") else ""
+        if kind == "expect_table_row_count_to_be_between":
+            lines.append(f"{data}: {_fmt(observed)} samples{where}, expected {expected} ({why})")
             continue
         if kind.endswith("_to_be_in_set") and res.get("partial_unexpected_list") is not None:
             observed = sorted({str(v) for v in res.get("partial_unexpected_list", [])})

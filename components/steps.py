@@ -577,29 +577,41 @@ def _dvc_stage(task: Task) -> dict[str, Any]:
 
 #: image files DVC shows as image plots (the stage's own ``plots`` entry is enough)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
+#: plotted files drawn with another of DVC's templates: file -> (template, x field, y field).
+#: A confusion file holds one row per (sampled) pixel, ``actual,predicted`` class names:
+#: DVC's confusion templates count rows.
+PLOT_TEMPLATES = {"confusion_pixels.csv": ("confusion_normalized", "predicted", "actual")}
+
+
+def _plot(task: Task, f: Out) -> dict[str, Any] | None:
+    """The top-level definition of a plotted file (None: the stage's entry suffices)."""
+    path = f"{DATA_ROOT}/{task.name}/{f.path}"
+    title = {"title": f"{task.name}: {f.path}"}
+    if f.path.endswith(IMAGE_SUFFIXES):
+        return None
+    if f.y:  # a table of steps: one line per column
+        return {**title, "x": "step", "y": {path: list(f.y)}}
+    if f.path in PLOT_TEMPLATES:
+        template, x, y = PLOT_TEMPLATES[f.path]
+        return {**title, "template": template, "x": x, "y": {path: y}}
+    return None
 
 
 def dvc_yaml() -> dict[str, Any]:
-    """dvc.yaml as data: one stage per task, and one plot per plotted file. A table with
-    columns ``y`` gets a top-level definition (x ``step``, several lines) and is then a
-    plain output of its stage: DVC draws a stage's own plot entries too, so a file in
-    both would be drawn twice. Images stay as the stage's plot entries."""
+    """dvc.yaml as data: one stage per task, and one plot per plotted file. A file with a
+    top-level definition (a table with columns ``y``: lines over ``step``; a file of
+    ``PLOT_TEMPLATES``) is then a plain output of its stage: DVC draws a stage's own plot
+    entries too, so a file in both would be drawn twice. Images stay as the stage's plot
+    entries."""
     stages = {t.name: _dvc_stage(t) for t in TASKS}
     plots = []
     for t in TASKS:
         for f in t.spec.files:
-            if f.role != "plot" or not f.y or f.path.endswith(IMAGE_SUFFIXES):
+            definition = _plot(t, f) if f.role == "plot" else None
+            if definition is None:
                 continue
+            plots.append({f"{t.name}_{f.path.split('.')[0]}": definition})
             path = f"{DATA_ROOT}/{t.name}/{f.path}"
-            plots.append(
-                {
-                    f"{t.name}_{f.path.split('.')[0]}": {
-                        "title": f"{t.name}: {f.path}",
-                        "x": "step",
-                        "y": {path: list(f.y)},
-                    }
-                }
-            )
             stage = stages[t.name]
             stage["plots"].remove({path: {"cache": False}})
             stage["outs"] = [*stage.get("outs", []), {path: {"cache": False}}]

@@ -75,13 +75,9 @@ def run(
             write_png(inst, scene.instance.astype(np.uint16))
         counts[split] = n
     seconds = time.perf_counter() - start
-    summary = {
-        "out": str(out),
-        "counts": counts,
-        "size": [width, height],
-        "seed": seed,
-        "seconds": round(seconds, 2),
-    }
+    # what was rendered, nothing about where or how long: one seed, one md5 for every file
+    summary = {"counts": counts, "size": [width, height], "seed": seed}
+    summary |= {"cars": cars, "trees": trees}
     write_json(out / "synth_summary.json", summary)
     log.info("rendered %d samples into %s in %.1f s", sum(counts.values()), out, seconds)
-    return summary
+    return {"out": str(out), **summary, "seconds": round(seconds, 2)}

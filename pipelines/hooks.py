@@ -54,6 +54,17 @@ def _samples(values: dict[str, Any], result: dict[str, Any], out: Path) -> None:
     values["out"].metadata["samples"] = int(result.get("samples", 0))
 
 
+def _validate_after(values: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    """The sample count, and the Data Docs page of the validation result as the HTML
+    artifact (one self-contained page: its styles are inline, it loads nothing)."""
+    from components.validate import DOCS_DIR, validation_page
+
+    _samples(values, result, out)
+    page = validation_page(out / DOCS_DIR)
+    html = page.read_text(encoding="utf-8") if page else "<html><body>no Data Docs</body></html>"
+    Path(values["docs"].path).write_text(html, encoding="utf-8")
+
+
 def _train_run(
     values: dict[str, Any], call: Callable[[], dict[str, Any]], given: Any
 ) -> dict[str, Any]:
@@ -111,7 +122,7 @@ HOOKS: dict[str, Hook] = {
         },
         run=_synth_run,
     ),
-    "validate": Hook(after=_samples),
+    "validate": Hook(outputs={"docs": "HTML"}, after=_validate_after),
     "train": Hook(outputs={"metrics": "Metrics"}, run=_train_run, after=_train_after),
     "segmenter train": Hook(outputs={"metrics": "Metrics"}, after=_segmenter_after),
     "evaluate": Hook(

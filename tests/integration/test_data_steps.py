@@ -1,6 +1,7 @@
 """synth -> validate -> boundaries on a handful of samples, other layouts, and every
 bad input giving a clear error (file named, non-zero exit, no traceback)."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -21,6 +22,26 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "synth"
     synth.run(root, num_train=4, num_val=2, width=64, height=32, seed=1)
     return root
+
+
+def _md5s(root):
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_renders_identical_files(dataset, tmp_path):
+    """Every file synth writes (images and synth_summary.json) depends only on the
+    arguments: no wall-clock seconds, no output path, so DVC sees one md5 per seed."""
+    again = tmp_path / "again"
+    summary = synth.run(again, num_train=4, num_val=2, width=64, height=32, seed=1)
+    assert _md5s(again) == _md5s(dataset)
+    assert len(_md5s(again)) == 6 * 3 + 1
+    assert "seconds" in summary  # the timing is reported, not written
+    saved = json.loads((again / "synth_summary.json").read_text())
+    assert "seconds" not in saved and "out" not in saved and saved["seed"] == 1
 
 
 def _copy(dataset, tmp_path):
@@ -196,7 +217,7 @@ def test_bad_input_is_named(dataset, tmp_path, breaker):
     assert name in str(err.value) and reason in str(err.value)
     report = tmp_path / "report"
     assert (report / "great_expectations_result.json").is_file()
-    assert (report / "great_expectations_result.html").is_file()
+    assert (report / "data_docs" / "index.html").is_file()
     assert not (report / "summary.json").exists()
 
 
