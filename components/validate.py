@@ -273,7 +273,10 @@ def _site_config(base: Path) -> dict[str, Any]:
     return {
         "class_name": "SiteBuilder",
         "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(base)},
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(Path(base).absolute()),  # GX wants an absolute path
+        },
         "site_index_builder": {
             "class_name": "DefaultSiteIndexBuilder",
             "view": {"module_name": __name__, "class_name": "OfflineIndexView"},

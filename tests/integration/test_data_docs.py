@@ -201,3 +201,13 @@ def test_compiled_validate_and_drift_tasks_output_the_data_docs_as_html(tmp_path
     for component in ("comp-validate", "comp-drift"):
         artifacts = spec["components"][component]["outputDefinitions"]["artifacts"]
         assert artifacts["docs"]["artifactType"]["schemaTitle"] == "system.HTML"
+
+
+def test_relative_paths_as_dvc_gives_them(site, tmp_path, monkeypatch):
+    tmp, _ = site
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    validate.run(Path("data"), Path("out"))
+    assert (tmp_path / "out" / validate.DOCS_DIR / "index.html").is_file()
+    for page in _pages(tmp_path / "out" / validate.DOCS_DIR):  # GX was given an absolute
+        assert str(tmp_path) not in page.read_text(encoding="utf-8")  # path: it stays out
