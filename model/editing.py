@@ -118,13 +118,17 @@ def apply_edits(
     load_mask: Any = None,
     centres: Mapping[int, Any] | None = None,
     encode_reference: Any = None,
+    check: Any = None,
 ) -> EditResult:
     """Apply ``edits`` to copies of the maps. ``load_mask(path) -> bool array``;
-    ``encode_reference(edit) -> feature vector`` for reference-photo styles."""
+    ``encode_reference(edit) -> feature vector`` for reference-photo styles;
+    ``check()`` is called before each edit (it raises to stop: a deadline, a client gone)."""
     if not isinstance(edits, Mapping) or not isinstance(edits.get("edits"), list):
         raise InputError('edits: expected a JSON object {"edits": [ ... ]}')
     res = EditResult(label.astype(np.int64).copy(), instance.astype(np.int64).copy())
     for i, edit in enumerate(edits["edits"]):
+        if check is not None:
+            check()
         where = f"edits[{i}]"
         if not isinstance(edit, Mapping) or edit.get("op") not in _KEYS:
             raise InputError(f"{where}: 'op' must be one of {', '.join(_KEYS)}")

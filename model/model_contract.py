@@ -150,11 +150,11 @@ def draw_features(
     ``np.random.default_rng([seed, id])`` draws; classes without centres get zeros."""
     choice, override = choice or {}, override or {}
     instance = np.asarray(instance)
-    out = np.zeros((feat_num, *instance.shape), np.float32)
-    for i in np.unique(instance).tolist():
-        mask = instance == i
+    ids, inverse = np.unique(instance, return_inverse=True)  # one pass over the pixels
+    table = np.zeros((len(ids), feat_num), np.float32)  # each instance's feature vector
+    for row, i in enumerate(ids.tolist()):
         if i in override:
-            out[:, mask] = np.asarray(override[i], np.float32).reshape(feat_num, 1)
+            table[row] = np.asarray(override[i], np.float32).reshape(feat_num)
             continue
         c = centres.get(class_of(i))
         if c is None or len(c) == 0:
@@ -162,8 +162,8 @@ def draw_features(
         k = choice.get(i)
         if k is None:
             k = int(np.random.default_rng([seed, i]).integers(len(c)))
-        out[:, mask] = np.asarray(c[k], np.float32).reshape(feat_num, 1)
-    return out
+        table[row] = np.asarray(c[k], np.float32).reshape(feat_num)
+    return np.ascontiguousarray(table[inverse.reshape(instance.shape)].transpose(2, 0, 1))
 
 
 def draw_batch_features(

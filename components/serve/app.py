@@ -47,6 +47,7 @@ from components.serve.front import PROTECTED, Front, Lifecycle, error_response
 from components.serve.maps import (
     ApiError,
     Limits,
+    check_instances,
     list_samples,
     png_bytes,
     read_instance_png,
@@ -65,6 +66,7 @@ ROUTES = (  # the metrics' endpoint label: a route, or the prefix of a group of 
     "/v1/generate",
     "/v1/edit",
     "/v1/classes",
+    "/v1/limits",
     "/v1/styles",
     "/v1/samples",
     "/healthz",
@@ -105,6 +107,13 @@ class ModelHolder:
     def swap(self, engine: Engine) -> None:
         with self._lock:
             self._engine, self.loaded_at = engine, time.time()
+
+
+WATCH_S = 0.25  # how often a waiting request looks whether its client is still there
+
+
+class Abandoned(Exception):
+    """The request's client left, or its deadline passed: the worker stops here."""
 
 
 class Pool:
@@ -194,7 +203,9 @@ _WHY = {
     400: "bad input: the part named and what was expected",
     401: "the bearer token is missing or wrong (when the server runs with --token-file)",
     404: "no such sample or file",
-    413: "the body is above --max-bytes, a map above --max-pixels, or too many samples",
+    413: "above a limit of /v1/limits: the body, a map's pixels, the distinct instance ids, "
+    "the edits or the samples of one request",
+    504: "the request's deadline (queue included) passed: see /v1/limits",
     422: "a form field or path parameter is missing or of the wrong type",
     500: "an unexpected error, logged with the request id",
     503: "busy (the queue is full) or shutting down: retry after Retry-After seconds",
@@ -308,6 +319,7 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         metrics=metrics,
         lifecycle=lifecycle,
         max_bytes=limits.max_bytes,
+        max_uploads=config.workers + config.queue,
         token=config.token,
         retry_after_s=config.retry_after_s,
         version=lambda: holder.engine.version,
@@ -348,22 +360,49 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             getattr(exc, "headers", None),
         )
 
-    async def admitted(engine: Engine, fn: Any) -> Any:
-        """``fn`` on a worker, timed: queue wait and model time, by model version."""
+    async def admitted(engine: Engine, fn: Any, request: Request) -> Any:
+        """``fn(check)`` on a worker, timed (queue wait and model time, by model version),
+        within the deadline; ``check()`` raises once the client has gone or the deadline
+        has passed, so that a worker stops at its next step instead of finishing work
+        nobody will read (a queued request of a departed client does no work at all)."""
         submitted = time.perf_counter()
+        stop = threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise Abandoned()
 
         def timed() -> Any:
             began = time.perf_counter()
             metrics.queue_wait.labels(engine.version).observe(began - submitted)
             try:
-                return fn()
+                check()
+                return fn(check)
             finally:
                 metrics.model_time.labels(engine.version).observe(time.perf_counter() - began)
 
+        async def watch() -> None:  # the client leaving: no one will read the answer
+            while not stop.is_set():
+                if await request.is_disconnected():
+                    stop.set()
+                    return
+                await asyncio.sleep(WATCH_S)
+
         metrics.in_progress.inc()
+        work = asyncio.ensure_future(pool.run(timed))
+        watcher = asyncio.ensure_future(watch())
         try:
-            return await pool.run(timed)
+            return await asyncio.wait_for(asyncio.shield(work), limits.deadline_s)
+        except TimeoutError:
+            stop.set()  # the worker stops at its next step; its slot frees then
+            raise ApiError(
+                504, "server", f"deadline: not done within {limits.deadline_s:g} s (see /v1/limits)"
+            ) from None
+        except Abandoned:
+            raise ApiError(499, "client", "client: went away before the answer") from None
         finally:
+            stop.set()
+            watcher.cancel()
             metrics.in_progress.dec()
 
     def maps(engine: Engine, label: bytes, instance: bytes | None):
@@ -379,11 +418,12 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         response_class=Response,
         responses={
             200: {"content": {"image/png": {}}, "description": "the generated photo"},
-            **_errors(400, 413, 422, *api),
+            **_errors(400, 413, 422, *api, 504),
         },
         summary="Label map (+ instance map) -> photo (PNG, the label map's size)",
     )
     async def generate(
+        request: Request,
         label: Annotated[UploadFile, File(description="8-bit PNG of label ids")],
         instance: Annotated[
             UploadFile | None, File(description="PNG of instance ids (models with instance maps)")
@@ -398,18 +438,19 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         inst_b = await instance.read() if instance is not None else None
         choice = _styles(_json_field(styles, "styles", {}))
 
-        def work() -> bytes:
+        def work(check: Any) -> bytes:
             lab, inst = maps(engine, label_b, inst_b)
             _check_styles(engine, inst, choice)
+            check()
             return png_bytes(engine.generate(lab, inst, seed, choice))
 
-        png = await admitted(engine, work)
+        png = await admitted(engine, work, request)
         return Response(png, media_type="image/png", headers={"X-Model-Version": engine.version})
 
     @app.post(
         "/v1/edit",
         response_model=EditResponse,
-        responses=_errors(400, 413, 422, *api),
+        responses=_errors(400, 413, 422, *api, 504),
         summary="Maps + an edit list (as `pix2pixhd edit`) -> before/after photos, edited maps",
         description='`edits` is the JSON of `pix2pixhd edit` ({"edits": [...]}); each '
         "`add` edit's mask is sent as a file part named by its `mask` value. Styles from "
@@ -431,6 +472,9 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         if samples and not engine.info.use_instance_features:
             raise ApiError(400, "samples", "samples: this model has no instance features")
         doc = _json_field(edits, "edits", None)
+        count = len(doc.get("edits") or []) if isinstance(doc, dict) else 0
+        if count > limits.max_edits:
+            raise ApiError(413, "edits", f"edits: {count} edits, above {limits.max_edits}")
         form = await request.form()
         uploads = {
             k: await v.read()
@@ -439,7 +483,7 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
         }
         label_b, inst_b = await label.read(), await instance.read()
 
-        def work() -> EditResponse:
+        def work(check: Any) -> EditResponse:
             lab, inst = maps(engine, label_b, inst_b)
 
             def load_mask(name: str) -> np.ndarray:
@@ -457,19 +501,30 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
 
             try:
                 res = apply_edits(
-                    lab, inst, doc, engine.info.label_nc, load_mask, engine.info.centres, no_encoder
+                    lab,
+                    inst,
+                    doc,
+                    engine.info.label_nc,
+                    load_mask,
+                    engine.info.centres,
+                    no_encoder,
+                    check=check,
                 )
             except InputError as exc:
                 raise ApiError(400, "edits", str(exc)) from None
+            check_instances(res.instance, "edits", limits)  # edits add instances too
+            check()
             if res.instance.max(initial=0) > 65535:
                 raise ApiError(400, "instance", "instance: ids above 65535 do not fit a PNG")
             before = engine.generate(lab, inst, seed)
+            check()
             choice, override = res.cluster_choice, res.feature_override
             after = engine.generate(res.label, res.instance, seed, choice, override)
-            extra = [
-                _b64(engine.generate(res.label, res.instance, seed + 1 + k, choice, override))
-                for k in range(samples)
-            ]
+            extra = []
+            for k in range(samples):
+                check()
+                more = engine.generate(res.label, res.instance, seed + 1 + k, choice, override)
+                extra.append(_b64(more))
             return EditResponse(
                 before=_b64(before),
                 after=_b64(after),
@@ -480,7 +535,24 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
                 model_version=engine.version,
             )
 
-        return await admitted(engine, work)
+        return await admitted(engine, work, request)
+
+    @app.get(
+        "/v1/limits",
+        responses=_errors(*api),
+        summary="What one request may ask: body bytes, map pixels, instance ids, edits, "
+        "samples, the deadline, and how many requests are admitted at once",
+    )
+    def limits_route() -> dict[str, Any]:
+        return {
+            "max_bytes": limits.max_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_instances": limits.max_instances,
+            "max_edits": limits.max_edits,
+            "max_samples": limits.max_samples,
+            "deadline_s": limits.deadline_s,
+            "admitted_at_once": config.workers + config.queue,
+        }
 
     @app.get(
         "/v1/classes",

@@ -90,6 +90,7 @@ class Front:
         metrics: Any,
         lifecycle: Lifecycle,
         max_bytes: int,
+        max_uploads: int,
         token: str | None,
         retry_after_s: int,
         version: Callable[[], str],
@@ -97,6 +98,9 @@ class Front:
     ) -> None:
         self.app, self.metrics, self.lifecycle = app, metrics, lifecycle
         self.max_bytes, self.token, self.retry_after_s = max_bytes, token, retry_after_s
+        # bodies being received or held for the model at once: admission comes before
+        # any body is read, so memory stays within max_uploads x max_bytes
+        self.max_uploads, self.uploads = max_uploads, 0
         self.version, self.endpoint = version, endpoint
 
     def refusal(self, path: str, headers: Headers) -> Any:
@@ -122,9 +126,17 @@ class Front:
         return None
 
     async def body(self, method: str, headers: Headers, receive: Any) -> tuple[Any, Any]:
-        """(receive for the app, a 413 response or None)."""
+        """(receive for the app, a 413 or 503 response or None)."""
         if method != "POST":
             return receive, None
+        if self.uploads >= self.max_uploads:  # before a byte of the body is read
+            return receive, error_response(
+                503,
+                "server",
+                f"busy: {self.uploads} requests with bodies in progress (limit "
+                f"{self.max_uploads}); retry after {self.retry_after_s} s",
+                {"Retry-After": str(self.retry_after_s)},
+            )
         size = headers.get("content-length")
         if size is not None:
             if size.isdigit() and int(size) > self.max_bytes:
@@ -177,11 +189,14 @@ class Front:
             await send(message)
 
         self.lifecycle.in_flight += 1
+        uploading = False
         try:
             refused = self.refusal(path, headers)
             app_receive = receive
             if refused is None:
                 app_receive, refused = await self.body(method, headers, receive)
+                uploading = refused is None and method == "POST"
+                self.uploads += uploading
             if refused is not None:
                 await refused(scope, receive, send_out)
             else:
@@ -197,6 +212,7 @@ class Front:
             else:  # the response had begun: the client sees it cut short
                 out["status"] = 500
         finally:
+            self.uploads -= uploading
             self.lifecycle.in_flight -= 1
             self.lifecycle.requests += 1
             seconds = time.perf_counter() - start

@@ -28,6 +28,9 @@ class Limits:
     max_bytes: int = 32 * 2**20  # one request body
     max_pixels: int = 2048 * 2048  # one map (the paper's 2048x1024 fits twice)
     max_samples: int = 8  # multi-modal samples per edit request
+    max_edits: int = 256  # edits in one edit request
+    max_instances: int = 10_000  # distinct instance ids in one instance map
+    deadline_s: float = 120.0  # a request's whole time, queue included; then 504
 
 
 class ApiError(Exception):
@@ -84,6 +87,17 @@ def read_label_png(data: bytes, part: str, limits: Limits, label_nc: int) -> np.
     return label
 
 
+def check_instances(instance: np.ndarray, part: str, limits: Limits) -> None:
+    """The work per request grows with the distinct instance ids: a budget (413)."""
+    count = len(np.unique(instance))
+    if count > limits.max_instances:
+        raise ApiError(
+            413,
+            part,
+            f"{part}: {count} distinct instance ids, above the limit of {limits.max_instances}",
+        )
+
+
 def read_instance_png(data: bytes, part: str, limits: Limits, shape: tuple[int, ...]) -> np.ndarray:
     """Instance ids (8/16-bit PNG) of the label map's size -> (H, W) int64."""
     try:
@@ -97,6 +111,7 @@ def read_instance_png(data: bytes, part: str, limits: Limits, shape: tuple[int, 
             f"{part}: size {instance.shape[1]}x{instance.shape[0]} differs from the label "
             f"map's {shape[1]}x{shape[0]}",
         )
+    check_instances(instance, part, limits)
     return instance
 
 

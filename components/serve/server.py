@@ -185,6 +185,9 @@ def run(
     tracking_uri: str | None = None,
     max_bytes: PositiveInt = Limits.max_bytes,
     max_pixels: PositiveInt = Limits.max_pixels,
+    max_instances: PositiveInt = Limits.max_instances,
+    max_edits: PositiveInt = Limits.max_edits,
+    deadline_s: float = Limits.deadline_s,
     grace_s: float = 30.0,
     token_file: Path | None = None,
 ) -> dict[str, Any]:
@@ -205,6 +208,10 @@ def run(
         poll_s: seconds between two polls of the alias (with --follow-alias).
         tracking_uri: the MLflow tracking server that resolves models:/ URIs.
         max_bytes, max_pixels: request body and image size limits.
+        max_instances: distinct instance ids one map may hold (the work grows with them).
+        max_edits: edits one edit request may hold.
+        deadline_s: seconds a request may take, queue included (then 504); a request
+            whose client leaves stops at its next step.
         grace_s: seconds requests in flight get to finish after SIGTERM/SIGINT.
         token_file: a file holding a bearer token (e.g. a mounted Secret); with it,
             /v1/* need the header ``Authorization: Bearer <token>`` (health, metrics and
@@ -222,7 +229,13 @@ def run(
     config = ServeConfig(
         workers=workers,
         queue=queue,
-        limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
+        limits=Limits(
+            max_bytes=max_bytes,
+            max_pixels=max_pixels,
+            max_instances=max_instances,
+            max_edits=max_edits,
+            deadline_s=deadline_s,
+        ),
         data=data,
         token=token,
     )

@@ -51,6 +51,18 @@ class Broken:
         raise RuntimeError("boom: internal detail")
 
 
+class Slow:
+    """The real engine, each generation slower than the deadline allows."""
+
+    def __init__(self, engine):
+        self.engine, self.version, self.source = engine, engine.version, engine.source
+        self.info = engine.info
+
+    def generate(self, *args, **kwargs):
+        time.sleep(0.5)
+        return self.engine.generate(*args, **kwargs)
+
+
 def app_with(engine, token=TOKEN, draining=False, **config):
     app = create_app(ModelHolder(engine), ServeConfig(token=token, **config))
     if draining:
@@ -80,12 +92,14 @@ def error_cases(serve_model):
         (gen, "post", "ok", dict(files={"instance": files["instance"]}), 422),
         (gen, "post", "broken", dict(files=files), 500),
         (gen, "post", "draining", dict(files=files), 503),
+        (gen, "post", "slow", dict(files=files), 504),
         (edit, "post", "ok", dict(files=files, data={"edits": "[1, 2"}), 400),
         (edit, "post", "ok", dict(files=files, headers={}), 401),
         (edit, "post", "ok", dict(files=files, data={"samples": "99"}), 413),
         (edit, "post", "ok", dict(files={"label": files["label"]}), 422),
         (edit, "post", "broken", dict(files=files), 500),
         (edit, "post", "draining", dict(files=files), 503),
+        (edit, "post", "slow", dict(files=files), 504),
         (sample, "get", "ok", dict(url=f"/v1/samples/val/{stem}/label", headers={}), 401),
         (sample, "get", "ok", dict(url="/v1/samples/val/nothing/label"), 404),
         (sample, "get", "ok", dict(url=f"/v1/samples/val/{stem}/photo"), 422),
@@ -94,12 +108,12 @@ def error_cases(serve_model):
         ("/readyz", "get", "draining", {}, 503),
         ("/v2/health/ready", "get", "draining", {}, 503),
     ]
-    for path in ("/v1/classes", "/v1/styles", "/v1/samples"):
+    for path in ("/v1/classes", "/v1/styles", "/v1/samples", "/v1/limits"):
         cases += [
             (path, "get", "ok", dict(headers={}), 401),
             (path, "get", "draining", {}, 503),
         ]
-        if path != "/v1/samples":  # the sample list does not touch the model
+        if path not in ("/v1/samples", "/v1/limits"):  # these do not touch the model
             cases.append((path, "get", "broken", {}, 500))
     return cases
 
@@ -119,6 +133,7 @@ def test_openapi_documents_every_error_the_service_answers(engine, serve_model):
         "ok": app_with(engine, limits=small, data=serve_model["data"]),
         "broken": app_with(Broken()),
         "draining": app_with(engine, draining=True, data=serve_model["data"]),
+        "slow": app_with(Slow(engine), limits=Limits(deadline_s=0.2)),
     }
     clients = {k: TestClient(a) for k, a in apps.items()}
     spec = clients["ok"].get("/openapi.json").json()
