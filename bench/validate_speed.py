@@ -56,7 +56,9 @@ def main() -> None:
         suite = contract.default_suite(35, True, 32)
         df = validate._frame(rows, 35, set())
         (_, result), gx_w, gx_c = _timed(validate.run_suite, df, suite, "default")
-        _, docs_w, docs_c = _timed(validate.data_docs, result)
+        with tempfile.TemporaryDirectory() as site:  # the Checkpoint's Data Docs action
+            _, docs_w, docs_c = _timed(validate.run_suite, df, suite, "default", Path(site))
+        docs_w, docs_c = docs_w - gx_w, docs_c - gx_c  # the site's share
         runs["new"].append(
             dict(
                 read=read_w,
