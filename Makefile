@@ -47,6 +47,19 @@ demo: setup
 	$(BIN)/python -m pix2pixhd --help >/dev/null
 	PIX2PIXHD_PIPELINE_RUN=dvc-$$(date -u +%Y%m%dT%H%M%SZ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# the docs site (mkdocs.yml) into build/site/, warnings as errors; installs the `docs`
+# extra into .venv first. The banners of mkdocs-gen-files and Material about MkDocs 2 and
+# Material's end of life are silenced: mkdocs.yml's header says what they mean here.
+.PHONY: docs
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP) setup.cfg
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
 bench: setup
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/training.py --variants fp32,fp32+channels_last
