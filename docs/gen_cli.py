@@ -103,11 +103,8 @@ def render() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(render())
-else:  # run by mkdocs-gen-files
-    try:
-        import mkdocs_gen_files
-    except ImportError:  # imported by a test without the docs extra
-        pass
-    else:
-        with mkdocs_gen_files.open(PAGE, "w") as f:
-            f.write(render())
+elif __name__ == "<run_path>":  # run by mkdocs-gen-files (runpy.run_path)
+    import mkdocs_gen_files
+
+    with mkdocs_gen_files.open(PAGE, "w") as f:
+        f.write(render())

@@ -180,14 +180,11 @@ def render(doc: dict[str, Any] | None = None) -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(render())
-else:  # run by mkdocs-gen-files
-    try:
-        import mkdocs_gen_files
-    except ImportError:  # imported by a test without the docs extra
-        pass
-    else:
-        document = openapi()
-        with mkdocs_gen_files.open(DOCUMENT, "w") as f:
-            json.dump(document, f, indent=2)
-        with mkdocs_gen_files.open(PAGE, "w") as f:
-            f.write(render(document))
+elif __name__ == "<run_path>":  # run by mkdocs-gen-files (runpy.run_path)
+    import mkdocs_gen_files
+
+    document = openapi()
+    with mkdocs_gen_files.open(DOCUMENT, "w") as f:
+        json.dump(document, f, indent=2)
+    with mkdocs_gen_files.open(PAGE, "w") as f:
+        f.write(render(document))
