@@ -1,6 +1,6 @@
 """Every step, declared once; the pipeline's tasks, declared once.
 
-A :class:`Step` names its function (``module:run``), the locations it reads and writes
+A ``Step`` names its function (``module:run``), the locations it reads and writes
 (with their kinds: dataset, model or artifact), how its ``run()`` arguments come from
 params.yaml (``bind``: a params key, or a function of the params), the params keys those
 read, and the files its output holds (for DVC: outputs, metrics, plots). Everything else
@@ -9,10 +9,10 @@ about the step is read from ``run()`` itself (names, types, defaults, docstring)
 From these declarations the project produces:
 
 - the ``pix2pixhd`` subcommands (``pix2pixhd.cli``),
-- the dvc.yaml stages (:func:`dvc_yaml`, written by ``pix2pixhd pipeline dvc``),
+- the dvc.yaml stages (``dvc_yaml``, written by ``pix2pixhd pipeline dvc``),
 - the Kubeflow components and DAG (``pipelines.dag``, ``pipelines.executor``).
 
-All three call :func:`arguments` to turn params + locations + flags into ``run()``'s
+All three call ``arguments`` to turn params + locations + flags into ``run()``'s
 keyword arguments, so for the same params and paths every driver passes the same
 arguments. ``TASKS`` is the DAG: one entry per DVC stage / Kubeflow task.
 
@@ -123,7 +123,7 @@ def run(step: Step, kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def call(step: Step, params: Params | None, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the step with :func:`arguments`."""
+    """Run the step with ``arguments``."""
     return run(step, arguments(step, params, given))
 
 

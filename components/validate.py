@@ -37,6 +37,7 @@ import numpy as np
 
 from components import contract
 from components.signature import PositiveInt
+from components.tracking import Orchestrator, Tracker, tracked_step
 from model.config import LayoutOrAuto
 from model.datasets import (
     LAYOUTS,
@@ -636,6 +637,27 @@ def _write_set(
     staged.commit()
 
 
+def _track(tracker: Tracker, args: Any, summary: dict[str, Any] | None) -> None:
+    """MLflow: the data read as input dataset (its hash as digest; for drift also the
+    reference's training data) and the verdict file (summary.json or report.txt)."""
+    out = Path(args["out"])
+    for name in ("summary.json", "report.txt"):
+        if (out / name).is_file():
+            tracker.log_artifact(out / name)
+    if summary is None:  # no hash without a verdict: the report says why
+        return
+    splits = ",".join(args["splits"])
+    context = "drift" if args.get("reference") else "validation"
+    tracker.log_input_dataset(str(args["data"]), splits, summary["dataset_hash"], context)
+    tracker.set_tags({"dataset_hash": summary["dataset_hash"]})
+    if args.get("reference"):
+        ref = json.loads(Path(args["reference"]).read_text())
+        if isinstance(ref, dict) and ref.get("data") and ref.get("dataset_hash"):
+            digest = str(ref["dataset_hash"])
+            tracker.log_input_dataset(str(ref["data"]), "reference", digest, "reference")
+
+
+@tracked_step(lambda args: "drift" if args.get("reference") else "validate", after=_track)
 def run(
     data: Path,
     out: Path,
@@ -653,10 +675,15 @@ def run(
     palette: str | None = None,
     write_suite: Path | None = None,
     html: bool = True,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Check a dataset with the Great Expectations suite (and drift from a training profile).
 
-    Validate ``data`` (see the module docstring). ``suite``: a suite file, else the
+    Validate ``data``: a per-sample manifest (sizes, modes, label ids, instance ids, class
+    frequencies) checked against the expectation suite. ``suite``: a suite file, else the
     one generated from the arguments; ``write_suite``: save that suite there first.
 
     Args:
@@ -676,6 +703,10 @@ def run(
         palette: colour label maps: the palette file.
         write_suite: write the generated suite here first.
         html: build the Data Docs site.
+        tracking: log an MLflow run (nested in the pipeline execution's run).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
     """
     prepare_out_dir(out)  # writable, before any work
     timings: dict[str, float] = {}

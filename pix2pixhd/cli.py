@@ -127,6 +127,8 @@ def _option(step: Step, p: Param, location: bool) -> tuple[list[str], dict[str, 
         kw["metavar"] = "{" + ",".join(map(str, kw["choices"])) + "}"
     elif ann == "bool":
         kw["action"] = "store_false" if p.default is True else "store_true"
+        if p.default is True and help_text:  # --no-x turns off what the docstring describes
+            help_text = f"turn off: {help_text}"
     elif location or ann in ("Path", "str | Path", "Path | str"):
         kw["type"] = _location  # any path may be an s3:// URI: staged like the locations
         kw["metavar"] = "PATH"
@@ -200,7 +202,7 @@ def _add_step(parser: argparse.ArgumentParser, step: Step) -> None:
         "io": parser.add_argument_group("inputs and outputs"),
         "params": parser.add_argument_group("params"),
         "tracking": parser.add_argument_group("tracking"),
-        "options": parser.add_argument_group("options"),
+        "options": parser,  # argparse's own "options" group
     }
     exclusive: dict[str, Any] = {}
     for group in step.one_of:  # one required argparse group per declared set
@@ -306,6 +308,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pix2pixhd",
+        allow_abbrev=False,  # a flag is spelled out: docs that abbreviate it fail
         description="pix2pixHD (Wang et al., CVPR 2018): semantic label maps to "
         "high-resolution photos, as a reproducible pipeline.",
     )
@@ -332,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
             where = nested[parent]
         p = where.add_parser(
             name,
-            help=step.help,
+            allow_abbrev=False,
+            help=step.help.replace("``", "`"),
             description=description(step.target).replace("``", "`"),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.compare import RealChange, run, tolerances
+from components.compare import run, tolerances
 from pix2pixhd.cli import main
 
 
