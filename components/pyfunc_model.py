@@ -7,6 +7,10 @@ It imports numpy, onnxruntime, mlflow and, of the project, only ``model.model_co
 and where only the model's pinned requirements are installed (``mlflow models serve``,
 KServe).
 
+The logged model holds only what serving needs: the ONNX graph (artifact ``onnx``), this
+code and the contract. The training checkpoint is linked, not copied: tag
+``checkpoint_uri`` (``runs:/<run>/checkpoint/...``) on the logged model and the version.
+
 Contract (``model.model_contract``, the same as `pix2pixhd generate --onnx` and `serve`):
 input a dict ``{"label": int64 (N, 1, H, W), "instance": int64 (N, 1, H, W)}`` (instance
 only for models that use instance maps; ``features`` float32 (N, feat_num, H, W) may be
@@ -27,8 +31,7 @@ from mlflow.pyfunc import PythonModel
 from model.errors import InputError
 from model.model_contract import ModelInfo, crop, onnx_feeds
 
-ONNX_ARTIFACT = "onnx"  # artifact keys of the logged model
-CHECKPOINT_ARTIFACT = "checkpoint"
+ONNX_ARTIFACT = "onnx"  # the logged model's one artifact
 
 
 def _bad(message: str) -> Exception:

@@ -24,6 +24,13 @@ from model.fileio import read_json
 log = logging.getLogger(__name__)
 
 ALIAS = "champion"
+MODEL_DESCRIPTION = (
+    "pix2pixHD generators (label map -> street photo), one version per exported "
+    "checkpoint: the ONNX graph served by ONNX Runtime through a pyfunc wrapper, with "
+    "its evaluation scores as tags and in the version's description; the checkpoint is "
+    "linked (tag checkpoint_uri), not part of the version. Alias 'champion': the "
+    "version that passed the promotion gate (metric tag mean_iou by default)."
+)
 
 
 class RegistryError(Pix2PixHDError):
@@ -72,14 +79,16 @@ def register_generator(
     tags: dict[str, str],
     tracking_uri: str | None = None,
     model_id: str | None = None,
+    description: str | None = None,
 ) -> str:
     """A new version of ``name`` from ``source`` (a logged model's URI, or an artifact
-    path of the run); metrics and lineage become version tags. Returns the version."""
+    path of the run); metrics and lineage become version tags, ``description`` the
+    version's description. Returns the version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
     except MlflowException:
         pass  # exists already
     if "://" not in source and not source.startswith("models:/"):
@@ -89,7 +98,9 @@ def register_generator(
         **{k: repr(float(v)) for k, v in metrics.items()},
         "run_id": run_id,
     }
-    mv = client.create_model_version(name, source, run_id=run_id, tags=all_tags, model_id=model_id)
+    mv = client.create_model_version(
+        name, source, run_id=run_id, tags=all_tags, model_id=model_id, description=description
+    )
     log.info("registered %s version %s", name, mv.version)
     return str(mv.version)
 
@@ -111,6 +122,16 @@ def find_version(
         and v.tags.get("serving_format") == serving_format
     ]
     return str(max(same)) if same else None
+
+
+def version_model_id(name: str, version: str, tracking_uri: str | None = None) -> str | None:
+    """The logged model (MLflow 3) behind a registered version, if it has one."""
+    mv = _client(tracking_uri).get_model_version(name, version)
+    model_id = getattr(mv, "model_id", None)
+    source = str(mv.source or "")
+    if not model_id and source.startswith("models:/m-"):  # SQL stores keep only the source
+        model_id = source[len("models:/") :].split("/")[0]
+    return model_id or None
 
 
 def _metric(mv: Any, metric: str) -> float:

@@ -4,8 +4,9 @@ Datasets with a published Cityscapes PSPNet use it (``segmenter.weights``: a sem
 checkpoint, loaded as is). Datasets without one, like the bundled dataset, get a
 segmenter trained here on the real photos (the author's recipe: SGD, momentum 0.9,
 poly learning rate, cross-entropy with ignore 255 plus 0.4 x the aux loss); it is then
-frozen and versioned (DVC output, MLflow artifact). Its score on the real val photos is
-the oracle row of the evaluation.
+frozen and versioned (DVC output, MLflow artifact of the step's run, which also has the
+training loss, the data as input dataset and the oracle scores). Its score on the real
+val photos is the oracle row of the evaluation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ import torch.nn.functional as F
 
 from components import storage
 from components.params import SegmenterParams
+from components.tracking import (
+    Orchestrator,
+    Tracker,
+    current,
+    dataset_hash,
+    tracked_step,
+)
 from model.checkpoint import _torch_load, load_checkpoint, save_checkpoint
 from model.config import LayoutOrAuto
 from model.datasets import PairedDataset, detect_layout, find_samples
@@ -72,6 +80,16 @@ def evaluate_real(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> dict[
     return scores(cm).as_dict()
 
 
+def _track(tracker: Tracker, args: Any, summary: dict[str, Any] | None) -> None:
+    """MLflow: the frozen segmenter and its per-class scores on the real val photos."""
+    out = Path(args["out"])
+    if summary is None:
+        return
+    tracker.log_artifact(out / "iou_per_class.json")
+    tracker.log_artifact(out / "segmenter.pth", "segmenter")
+
+
+@tracked_step("segmenter", after=_track)
 def run(
     data: Path,
     out: Path,
@@ -80,6 +98,11 @@ def run(
     height: int,
     layout: LayoutOrAuto = "auto",
     palette: str = "",
+    data_summary: Path | None = None,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Train the frozen evaluation segmenter (a PSPNet) or load published weights.
 
@@ -94,6 +117,11 @@ def run(
         width, height: the size photos are resized to (the generator's).
         layout: the dataset layout (``auto``: detected).
         palette: colour label maps: the palette (data.palette; empty: label ids).
+        data_summary: validate's summary.json (its dataset hash: the MLflow input's digest).
+        tracking: log an MLflow run (nested in the pipeline execution's run).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
     """
     prepare_out_dir(out)
     pal = load_palette(palette) if palette else None  # colour label maps (data.palette)
@@ -102,6 +130,8 @@ def run(
     val = find_samples(data, lay, "val", use_instance_map=False)
     if not train and not params.weights:
         raise InputError(f"{data}: no training samples to train the segmenter on")
+    splits = "train,val" if train else "val"
+    current().log_input_dataset(str(data), splits, dataset_hash(data_summary), "training")
     torch.manual_seed(params.seed)
     model = PSPNet(pspnet_config(params))
     start = time.perf_counter()
@@ -159,6 +189,7 @@ def _train(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> list[dict[st
     )
     total = max(1, p.epochs * len(loader))
     step, history = 0, []
+    log_every = max(1, total // 100)  # about 100 points of the loss curve in MLflow
     model.train()
     bar = progress(total=total, desc="segmenter", unit="it")
     for epoch in range(p.epochs):
@@ -177,5 +208,7 @@ def _train(model: PSPNet, ds: PairedDataset, p: SegmenterParams) -> list[dict[st
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             history.append({"step": step, "loss": float(loss.detach())})
+            if step % log_every == 0 or step == total:
+                current().log_metrics({"loss": history[-1]["loss"], "lr": g["lr"]}, step)
     bar.close()
     return history

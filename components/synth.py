@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from components.tracking import Orchestrator, Tracker, tracked_step
 from model.errors import InputError
 from model.fileio import prepare_out_dir, write_json
 from model.image_io import write_png
@@ -34,6 +35,20 @@ def sample_paths(root: Path, split: str, index: int) -> tuple[Path, Path, Path]:
     return photo, gt / f"{stem}_gtFine_labelIds.png", gt / f"{stem}_gtFine_instanceIds.png"
 
 
+def _track(tracker: Tracker, args: Any, summary: dict[str, Any] | None) -> None:
+    """MLflow: the summary and the first training scene (photo | label colours)."""
+    if summary is None or not summary["counts"].get("train"):
+        return
+    from model.image_io import read_label, read_rgb
+    from model.labels import colorize
+
+    photo, label, _ = sample_paths(Path(args["out"]), "train", 0)
+    scene = np.concatenate([read_rgb(photo), colorize(read_label(label))], axis=1)
+    tracker.log_image(scene, "synth_samples", 0)
+    tracker.log_artifact(Path(args["out"]) / "synth_summary.json")
+
+
+@tracked_step("synth", after=_track)
 def run(
     out: Path,
     num_train: int = 200,
@@ -43,6 +58,10 @@ def run(
     seed: int = 0,
     cars: bool = True,
     trees: float = 1.0,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Render the bundled procedural street scenes in the Cityscapes layout.
 
@@ -53,6 +72,10 @@ def run(
         seed: the scene draws.
         cars: draw cars (off: a shifted dataset without them, e.g. to try drift).
         trees: scale the number of trees.
+        tracking: log an MLflow run (nested in the pipeline execution's run).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
 
     Returns:
         The summary: counts and size.

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from components import storage
 from components.params import Params, flatten, stage_crop, stage_model_config, stage_size
-from components.tracking import Orchestrator, Tracker, dataset_hash, run_tags
+from components.tracking import Orchestrator, Tracker, dataset_hash, file_sha256, run_tags
 from model.checkpoint import (
     init_from_checkpoint,
     init_local_from_global,
@@ -59,7 +59,8 @@ LOSS_COLUMNS = [
 
 class PipelineHooks(TrainHooks):
     """Losses to MLflow and to ``losses.csv`` (rewritten whole, atomically, at each log:
-    a killed run never leaves half a row); sample grids to MLflow."""
+    a killed run never leaves half a row); sample grids to MLflow's image history
+    (key ``train_samples``, at their iteration)."""
 
     def __init__(self, tracker: Tracker, csv_path: Path, label_nc: int) -> None:
         self.tracker, self.csv_path, self.label_nc = tracker, csv_path, label_nc
@@ -87,7 +88,7 @@ class PipelineHooks(TrainHooks):
 
     def log_samples(self, batch: dict[str, torch.Tensor], fake: torch.Tensor, step: int) -> None:
         grid = sample_grid(batch["label"], fake, batch["image"], self.label_nc)
-        self.tracker.log_image(grid, f"samples/step_{step:08d}.png")
+        self.tracker.log_image(grid, "train_samples", step)
 
 
 def _dist_from_env(device: str) -> tuple[DistInfo, torch.device]:
@@ -239,7 +240,8 @@ def run(
         hooks.truncate_after(trainer.state.global_step)
     trainer.hooks = hooks
     tags = run_tags(stage, orchestrator, dataset_hash=data_hash, world_size=str(dinfo.world_size))
-    tracker.start(params.tracking.experiment, f"train_{stage}", tags)
+    tracker.start(params.tracking.experiment, f"train_{stage}", tags, system_metrics=True)
+    tracker.log_input_dataset(str(data), "train", data_hash, context="training")
     tracker.log_params(
         {
             **flatten(to_dict(cfg), "model."),
@@ -259,8 +261,12 @@ def run(
             )
             write_json(out / "summary.json", summary)
             write_metrics(out / "metrics.json", summary)  # its numbers only
-            tracker.log_image(grid, "samples/final.png")
+            tracker.log_image(grid, "final_samples", trainer.state.global_step)
+            tracker.log_artifact(out / "samples.png", "samples")
             tracker.log_artifact(latest, "checkpoint")
+            # export links the model it serves to this artifact (not copied into it)
+            link = {"checkpoint_sha256": file_sha256(latest)}
+            tracker.set_tags({**link, "checkpoint_artifact": "checkpoint/latest.pth"})
             tracker.log_artifact(out / "metrics.json")
             tracker.log_artifact(out / "summary.json")
         status = "FINISHED"

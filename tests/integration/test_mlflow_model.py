@@ -122,10 +122,12 @@ def test_registered_version_is_a_servable_pyfunc_model(registered, mlflow_uri, t
     with torch.no_grad():
         ref = model.generate(pad(label), pad(inst), features=pad(feats))[:, :, :21, :27]
     assert np.abs(got - ref.numpy()).max() < 1e-4
-    # what the model directory holds: the ONNX graph predicts, the checkpoint rides along
+    # what the model directory holds: what serving needs (the checkpoint is linked)
     local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "m"))
     files = {os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs}
-    assert {"MLmodel", "artifacts/model.onnx", "artifacts/model.pth", "input_example.json"} <= files
+    assert {"MLmodel", "artifacts/model.onnx", "input_example.json"} <= files
+    assert {f for f in files if f.startswith("artifacts/")} == {"artifacts/model.onnx"}
+    assert not [f for f in files if f.endswith(".pth")]
     assert {f for f in files if f.startswith("code/")} == {
         "code/components/__init__.py",
         "code/components/pyfunc_model.py",
@@ -141,6 +143,11 @@ def test_registered_version_is_a_servable_pyfunc_model(registered, mlflow_uri, t
         export.file_sha256(ckpt)
     )
     assert mv.tags["git_sha"] and mv.run_id
+    # the checkpoint, linked: no run logged it, so the export run did (not the model)
+    assert mv.tags["checkpoint_uri"] == f"runs:/{mv.run_id}/checkpoint/model.pth"
+    got = mlflow.artifacts.download_artifacts(mv.tags["checkpoint_uri"], dst_path=str(tmp_path))
+    assert export.file_sha256(got) == export.file_sha256(ckpt)
+    assert "mean IoU 0.4000" in mv.description and "d" * 40 in mv.description
 
 
 def test_registered_version_carries_the_stamped_content_hashes(registered, mlflow_uri, tmp_path):
