@@ -53,7 +53,13 @@ from model.fileio import StagedFiles, atomic_open, prepare_out_dir, write_json
 from model.image_io import tensor_to_rgb, write_png
 from model.kid import InceptionFeatures, SegmenterFeatures, kid_from_features
 from model.labels import LABELS, colorize
-from model.metrics import TRAIN_NAMES, ConfusionMatrix, label_ids_to_train_ids, scores
+from model.metrics import (
+    TRAIN_NAMES,
+    ConfusionMatrix,
+    bootstrap_intervals,
+    label_ids_to_train_ids,
+    scores,
+)
 from model.metrics import Scores as ClassScores
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -96,6 +102,14 @@ class Scores:
     distances: dict[str, float] = field(default_factory=dict)
     # feature spaces left out, with the reason (for evaluation.json)
     unavailable: dict[str, str] = field(default_factory=dict)
+    # each val image's confusion matrix (N, 19, 20), generated and real, and its stem:
+    # the bootstrap intervals and promote's paired comparison are computed from them
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    stems: list[str] = field(default_factory=list)
+    # percentile bootstrap intervals: {"generated": {"mean_iou": [lo, hi], ...}, "real": ...}
+    intervals: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # (ground truth, prediction) train ids of every 8th pixel: DVC's confusion plot
+    pixel_pairs: list[tuple[int, int]] = field(default_factory=list)
 
     def flat(self) -> dict[str, float]:
         """The scores as flat metrics (MLflow, kfp, the registry)."""
@@ -107,6 +121,12 @@ class Scores:
             "real_mean_iou": r.mean_iou,
             "mean_iou_ratio": g.mean_iou / r.mean_iou if r.mean_iou else 0.0,
             **self.distances,
+            **{
+                f"{who}_{score}_ci_{end}": v
+                for who, scores in self.intervals.items()
+                for score, (lo, hi) in scores.items()
+                for end, v in (("low", lo), ("high", hi))
+            },
         }
 
     def metrics(self) -> dict[str, Any]:
@@ -116,8 +136,13 @@ class Scores:
                 "pixel_accuracy": self.generated.pixel_accuracy,
                 "mean_iou": self.generated.mean_iou,
                 **self.distances,
+                **{f"{k}_ci": v for k, v in self.intervals.get("generated", {}).items()},
             },
-            "real": {"pixel_accuracy": self.real.pixel_accuracy, "mean_iou": self.real.mean_iou},
+            "real": {
+                "pixel_accuracy": self.real.pixel_accuracy,
+                "mean_iou": self.real.mean_iou,
+                **{f"{k}_ci": v for k, v in self.intervals.get("real", {}).items()},
+            },
             "images": self.images,
         }
 
@@ -135,6 +160,9 @@ def score(
     frozen segmenter and accumulate both confusion matrices against the label maps."""
     rng = torch.Generator().manual_seed(params.seed)
     cm_fake, cm_real = ConfusionMatrix(), ConfusionMatrix()
+    per_fake: list[np.ndarray] = []
+    per_real: list[np.ndarray] = []
+    pixel_pairs: list[tuple[int, int]] = []
     grid_rows: list[np.ndarray] = []
     colours = _train_id_colours()
 
@@ -169,8 +197,17 @@ def score(
             space_feats[name][1].append(net(fake))
         for i in range(len(items)):
             target = label_ids_to_train_ids(batch["label"][i, 0].numpy())
-            cm_fake.update(pred_fake[i].numpy(), target)
-            cm_real.update(pred_real[i].numpy(), target)
+            for cm, pred, rows in (
+                (cm_fake, pred_fake[i].numpy(), per_fake),
+                (cm_real, pred_real[i].numpy(), per_real),
+            ):
+                one = ConfusionMatrix()
+                one.update(pred, target)
+                rows.append(one.matrix)
+                cm.matrix += one.matrix
+            grid_t, grid_p = target[::8, ::8].ravel(), pred_fake[i].numpy()[::8, ::8].ravel()
+            keep = grid_t < len(TRAIN_NAMES)  # labelled pixels only
+            pixel_pairs += zip(grid_t[keep].tolist(), grid_p[keep].tolist(), strict=True)
             if len(grid_rows) < params.samples:
                 row = [
                     colorize(batch["label"][i, 0].numpy()),
@@ -190,9 +227,30 @@ def score(
             {k: float(v) for k, v in flat.items() if k.endswith(name) and v is not None}
         )
         distances[f"kid_{name}_std_error"] = float(flat[f"kid_{name}_std_error"])
+    per_image = {"generated": np.stack(per_fake), "real": np.stack(per_real)}
+    intervals = {}
+    if params.bootstrap:
+        intervals = {
+            who: bootstrap_intervals(m, params.bootstrap, params.seed, params.confidence)
+            for who, m in per_image.items()
+        }
     return Scores(
-        scores(cm_fake), scores(cm_real), cm_fake, len(ds), grid_rows, distances, unavailable
+        scores(cm_fake),
+        scores(cm_real),
+        cm_fake,
+        len(ds),
+        grid_rows,
+        distances,
+        unavailable,
+        per_image,
+        [s.stem for s in ds.samples],
+        intervals,
+        pixel_pairs,
     )
+
+
+#: each val image's confusion matrices (generated, real) and stems, beside the scores
+PER_IMAGE = "per_image_confusion.npz"
 
 
 def write_reports(staged: StagedFiles, s: Scores) -> None:
@@ -210,6 +268,13 @@ def write_reports(staged: StagedFiles, s: Scores) -> None:
         "matrix": s.confusion.matrix[:, : len(TRAIN_NAMES)].tolist(),
     }
     write_json(staged.path("confusion_matrix.json"), confusion, indent=None)
+    with atomic_open(staged.path("confusion_pixels.csv"), "w", newline="") as f:
+        w = csv.writer(f)  # DVC's confusion template counts these rows
+        w.writerow(["actual", "predicted"])
+        names = [*TRAIN_NAMES, "ignore"]
+        w.writerows((names[a], names[min(p, len(TRAIN_NAMES))]) for a, p in s.pixel_pairs)
+    with atomic_open(staged.path(PER_IMAGE), "wb") as f:  # promote's paired comparison
+        np.savez_compressed(f, stems=np.array(s.stems), **s.per_image)
     write_png(staged.path("samples.png"), np.concatenate(s.grid_rows, axis=0))
 
 

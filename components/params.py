@@ -150,10 +150,15 @@ class EvaluateParams:
     batch_size: int = 4  # val images generated and scored per batch
     seed: int = 0  # cluster-centre draws for models with instance features
     samples: int = 4  # rows of the sample grid
+    # bootstrap resamples of the val images for the scores' intervals (0: no intervals)
+    bootstrap: int = 1000
+    confidence: float = 0.95  # level of those intervals (two-sided, percentile bootstrap)
 
     def __post_init__(self) -> None:
         check_number("batch_size", self.batch_size, 1)
         check_number("samples", self.samples, 1)
+        check_number("evaluate.bootstrap", self.bootstrap, 0)
+        check_number("evaluate.confidence", self.confidence, 0, low_open=True, high=1)
 
 
 @dataclass(frozen=True)

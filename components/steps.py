@@ -323,6 +323,8 @@ STEPS: tuple[Step, ...] = (
             Out("evaluation.json", "summary"),
             Out("iou_per_class.csv", "summary"),
             Out("confusion_matrix.json", "summary"),
+            Out("confusion_pixels.csv", "plot"),
+            Out("per_image_confusion.npz"),
             Out("metrics.json", "metric"),
         ),
     ),

