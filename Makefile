@@ -45,7 +45,7 @@ test-containers: setup
 
 demo: setup
 	$(BIN)/python -m pix2pixhd --help >/dev/null
-	PIX2PIXHD_PIPELINE_RUN=dvc-$$(date -u +%Y%m%dT%H%M%SZ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PIX2PIXHD_ORCHESTRATOR=dvc PIX2PIXHD_PIPELINE_RUN=dvc-$$(date -u +%Y%m%dT%H%M%SZ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # the docs site (mkdocs.yml) into build/site/, warnings as errors; installs the `docs`
 # extra into .venv first. The banners of mkdocs-gen-files and Material about MkDocs 2 and

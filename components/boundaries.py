@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from components.signature import PositiveInt
+from components.tracking import Orchestrator, current, tracked_step
 from model.config import LayoutOrAuto
 from model.datasets import LAYOUTS, boundary_file, detect_layout, find_samples
 from model.errors import InputError
@@ -53,12 +54,17 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+@tracked_step("boundaries")
 def run(
     data: Path,
     out: Path,
     layout: LayoutOrAuto = "auto",
     splits: tuple[str, ...] = ("train", "val"),
     workers: PositiveInt | None = None,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    orchestrator: Orchestrator | None = None,
+    experiment: str = "pix2pixhd",
 ) -> dict[str, Any]:
     """Write one boundary map per instance map (skipping maps already up to date).
 
@@ -73,6 +79,10 @@ def run(
         layout: the dataset layout (``auto``: detected).
         splits: the splits to process.
         workers: worker processes (default: the CPU count).
+        tracking: log an MLflow run (nested in the pipeline execution's run).
+        tracking_uri: MLflow URI (default: MLflow's own default).
+        orchestrator: the run's orchestrator tag (cli, dvc, kfp).
+        experiment: the MLflow experiment.
 
     Returns:
         The summary: maps written and skipped.
@@ -81,6 +91,7 @@ def run(
         raise InputError(f"--layout {layout!r}: expected auto, {', '.join(LAYOUTS)}")
     lay = detect_layout(data) if layout == "auto" else layout
     prepare_out_dir(out)
+    current().log_input_dataset(str(data), ",".join(splits), "", "boundaries")
     if lay == "rgb":
         raise InputError(f"{data}: the rgb layout has no instance maps, nothing to do")
     record = out / SOURCES

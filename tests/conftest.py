@@ -21,6 +21,36 @@ from tests.servers import (  # noqa: F401 (fixtures: PostgreSQL + MLflow servers
     start_mlflow_server,
 )
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_tracking_store(tmp_path_factory):
+    """Every step logs to MLflow by default (sqlite:///mlflow.db in the working
+    directory): the tests get a store of their own, migrated once, and a working
+    directory of their own for MLflow's relative artifact root, so nothing lands in the
+    checkout and no test pays a fresh database's migration. Tests that need a real
+    tracking server set MLFLOW_TRACKING_URI themselves (tests.servers)."""
+    import os
+
+    home = tmp_path_factory.mktemp("tracking")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",)}
+    cwd = Path.cwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(home)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates it once
+        yield uri
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # `pipeline run --arg` values of the tiny DAG (the local kfp runs, outside and in containers)
 TINY_PIPELINE_ARGS = (
     "num_train=4",

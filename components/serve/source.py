@@ -4,6 +4,7 @@ version ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``), downloaded
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -24,6 +25,10 @@ _MODEL_URI = re.compile(r"^models:/([^/@]+)(?:@([\w-]+)|/(\d+))$")
 class Resolved:
     onnx: Path
     version: str  # registry version, else "" (a file)
+
+
+#: where the registered pyfunc model keeps its graph (components.export logs it there)
+PYFUNC_ONNX = "artifacts/model.onnx"
 
 
 def cache_root() -> Path:
@@ -78,7 +83,12 @@ def registered_onnx(
 
     mv = registered_version(name, alias, version, tracking_uri)
     root = cache or cache_root()
-    dest = root / "registry" / re.sub(r"\W", "_", name) / str(mv.version)
+    # keyed by the store and the version's run too: version 1 of another tracking server
+    # (or of a re-created model) is another model
+    from components.tracking import resolve_uri
+
+    store = hashlib.sha256(f"{resolve_uri(tracking_uri)} {mv.run_id}".encode()).hexdigest()[:16]
+    dest = root / "registry" / store / re.sub(r"\W", "_", name) / str(mv.version)
     if not dest.is_dir():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
@@ -95,7 +105,11 @@ def registered_onnx(
                 )
 
             client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-            fetch(client.get_model_version_download_uri(name, mv.version), "version")
+            source = client.get_model_version_download_uri(name, mv.version)
+            try:  # the pyfunc model's graph alone: serving downloads only what it serves
+                fetch(f"{source}/{PYFUNC_ONNX}", "version")
+            except Exception:  # another layout (an onnx flavour, a checkpoint): all of it
+                fetch(source, "version")
             if _onnx_in(tmp / "version") is None and mv.tags.get("onnx_model"):
                 fetch(mv.tags["onnx_model"], "onnx")
             dest.parent.mkdir(parents=True, exist_ok=True)
