@@ -303,6 +303,7 @@ def log_results(tracker: Tracker, s: Scores, staged: StagedFiles, val_data: Any)
     tracker.log_metrics(s.flat(), step=0, dataset=val_data)
     tracker.log_artifact(staged.path("iou_per_class.csv"))
     tracker.log_artifact(staged.path("samples.png"))
+    tracker.log_artifact(staged.path(PER_IMAGE))  # promote pairs a candidate with the champion
     tracker.log_image(np.concatenate(s.grid_rows, axis=0), "evaluation_samples", 0)
 
 

@@ -180,9 +180,15 @@ class PromoteParams:
 
     metric: str = "mean_iou"  # version tag compared (written by evaluate)
     min_delta: float = 0.0  # the candidate must beat the champion by at least this
+    # the gate: the paired bootstrap interval of (candidate - champion) mean IoU on the
+    # same val images, at this two-sided level, must lie above min_delta
+    confidence: float = 0.95
+    bootstrap: int = 1000  # resamples of that interval
 
     def __post_init__(self) -> None:
         check_number("min_delta", self.min_delta, 0)
+        check_number("promote.confidence", self.confidence, 0, low_open=True, high=1)
+        check_number("promote.bootstrap", self.bootstrap, 1)
 
 
 @dataclass(frozen=True)

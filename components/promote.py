@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from components import registry
+from components.signature import PositiveInt
 from components.tracking import Orchestrator, Tracker, tracked_step
 from model.config import check_number
 from model.errors import InputError
@@ -40,6 +41,8 @@ def run(
     registration: Path | None = None,
     metric: str = "mean_iou",
     min_delta: float = 0.0,
+    confidence: float = 0.95,
+    bootstrap: PositiveInt = 1000,
     out: Path | None = None,
     tracking_uri: str | None = None,
     tracking: bool = True,
@@ -48,8 +51,12 @@ def run(
 ) -> dict[str, Any]:
     """Move the 'champion' alias to a version if it beats the champion beyond the gate.
 
-    Promote one version of registered model ``name`` if its ``metric`` beats the
-    champion's by more than ``min_delta`` (a tie does not move the alias).
+    The gate: the candidate and the champion are compared on the same val images (each
+    version's per-image scores, logged by its evaluate run): the alias moves only when
+    the paired bootstrap interval of the difference lies above ``min_delta``. A model
+    retrained with another seed does not win by luck. Versions scored on other images
+    must have intervals that do not overlap; the first model is promoted; a non-finite
+    score never is. The decision states the difference, its interval and why.
 
     Args:
         name: the registered model (overridden by ``registration``).
@@ -57,6 +64,8 @@ def run(
         registration: export's registration.json, naming the model and version.
         metric: the version tag compared (written by export from evaluate's scores).
         min_delta: how much the candidate must beat the champion by.
+        confidence: the two-sided level of the paired interval.
+        bootstrap: resamples of the paired bootstrap.
         out: where to write the decision as JSON (optional); its numbers (the scores
             compared, ``min_delta``) also go to ``<out stem>_metrics.json`` beside it.
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own default).
@@ -78,7 +87,15 @@ def run(
                 "--evaluation and tracking on)"
             )
         name, version = registry.read_registration(registration)
-    result = registry.promote(name, version, metric, min_delta, tracking_uri)
+    result = registry.promote(
+        name,
+        version,
+        metric,
+        min_delta,
+        tracking_uri,
+        confidence=confidence,
+        resamples=bootstrap,
+    )
     if out is not None:  # the decision; its numbers also in <out>_metrics.json
         write_json(out, result)
         write_metrics(out.with_name(out.stem + "_metrics.json"), result)

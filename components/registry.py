@@ -158,7 +158,14 @@ def promote(
     min_delta: float = 0.0,
     tracking_uri: str | None = None,
     _before_alias_write: Callable[[], None] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
 ) -> dict[str, Any]:
+    """Gate ``version`` of ``name`` against the champion (see ``components.promote``):
+    the candidate moves the alias only when it is better beyond the uncertainty, by the
+    paired bootstrap interval of the score difference on the same val images (each
+    version's evaluate run logged its per-image confusion matrices), or, where the two
+    were scored on other images, when their intervals do not overlap."""
     from mlflow.exceptions import MlflowException
 
     from components.tracking import probe, resolve_uri
@@ -189,6 +196,7 @@ def promote(
     except MlflowException:
         champion = None
     best = _finite_metric(champion, metric) if champion is not None else None
+    comparison: dict[str, Any] = {}
     if candidate is None:
         passed = False
         reason = (
@@ -207,31 +215,122 @@ def promote(
             "applied)"
         )
     else:
-        passed = candidate > best + min_delta  # a tie does not move the alias
-        verdict = ">" if passed else "<="
-        reason = (
-            f"{metric} {candidate:.4f} {verdict} champion v{champion.version} "
-            f"{best:.4f} + min_delta {min_delta}"
+        gate = compare(
+            client, by_version[version], champion, metric, min_delta, confidence, resamples
         )
+        passed, reason = gate.pop("passed"), gate.pop("reason")
+        comparison = gate
     if reason != "already the champion":  # its passed tag stays
         client.set_model_version_tag(name, version, "promotion", "passed" if passed else "rejected")
         client.set_model_version_tag(name, version, "promotion_reason", reason)
     final = None
     if passed:
         final = _converge(client, name, metric, _before_alias_write)
+    champion_now = final or (champion.version if champion else None)
     result = {
         "name": name,
         "version": version,
         metric: candidate,
         "min_delta": min_delta,
-        "champion_before": champion.version if champion else None,
+        "champion_before": str(champion.version) if champion else None,
         "champion_score_before": best,
         "promoted": passed,
         "reason": reason,
-        "champion": final or (champion.version if champion else None),
+        "champion": str(champion_now) if champion_now is not None else None,  # always text
+        "comparison": comparison,
     }
     log.info("promotion of %s v%s: %s", name, version, reason)
     return result
+
+
+PER_IMAGE = "per_image_confusion.npz"  # what evaluate logs (components.evaluate.PER_IMAGE)
+
+
+def _per_image(client: Any, mv: Any) -> Any:
+    """(stems, generated per-image confusion matrices) that the version's evaluate run
+    logged, or None (an older version, a run without the file, a store that fails)."""
+    import numpy as np
+
+    run_id = mv.tags.get("evaluate_run_id")
+    if not run_id:
+        return None
+    try:
+        local = client.download_artifacts(run_id, PER_IMAGE)
+        with np.load(local) as f:
+            return list(f["stems"]), f["generated"]
+    except Exception as exc:  # absent or unreadable: the unpaired rule applies
+        log.info("version %s: no per-image scores (%s)", mv.version, str(exc)[:120])
+        return None
+
+
+def _interval(mv: Any, metric: str) -> tuple[float, float] | None:
+    try:
+        lo = float(mv.tags[f"generated_{metric}_ci_low"])
+        hi = float(mv.tags[f"generated_{metric}_ci_high"])
+    except (KeyError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def compare(
+    client: Any,
+    candidate: Any,
+    champion: Any,
+    metric: str,
+    min_delta: float,
+    confidence: float,
+    resamples: int,
+) -> dict[str, Any]:
+    """The gate's decision for two finite scores: ``passed``, ``reason`` and the numbers
+    (the difference, its interval, how it was tested)."""
+    from model.metrics import paired_difference
+
+    cand, best = _finite_metric(candidate, metric), _finite_metric(champion, metric)
+    ours = f"{metric} {cand:.4f} vs champion v{champion.version} {best:.4f}"
+    a = _per_image(client, candidate) if metric == "mean_iou" else None
+    b = _per_image(client, champion) if a is not None else None
+    if a is not None and b is not None and sorted(a[0]) == sorted(b[0]):
+        order = {stem: i for i, stem in enumerate(b[0])}
+        champ = b[1][[order[stem] for stem in a[0]]]  # the same images, in one order
+        d = paired_difference(a[1], champ, resamples, seed=0, level=confidence)
+        passed = d["low"] > min_delta
+        reason = (
+            f"{ours}: difference {d['difference']:+.4f}, {confidence:.0%} paired interval "
+            f"[{d['low']:+.4f}, {d['high']:+.4f}] on the same {len(a[0])} val images, "
+            f"{'above' if passed else 'not above'} min_delta {min_delta}"
+        )
+        return {
+            "passed": passed,
+            "reason": reason,
+            "test": "paired bootstrap",
+            "difference": d["difference"],
+            "interval": [d["low"], d["high"]],
+            "confidence": confidence,
+            "images": len(a[0]),
+        }
+    ci_c, ci_b = _interval(candidate, metric), _interval(champion, metric)
+    if ci_c is not None and ci_b is not None:  # scored on other images: no overlap needed
+        passed = ci_c[0] > ci_b[1] + min_delta
+        reason = (
+            f"{ours}: not scored on the same images, so the intervals must not overlap: "
+            f"candidate [{ci_c[0]:.4f}, {ci_c[1]:.4f}], champion [{ci_b[0]:.4f}, "
+            f"{ci_b[1]:.4f}] + min_delta {min_delta}: {'apart' if passed else 'overlapping'}"
+        )
+        return {
+            "passed": passed,
+            "reason": reason,
+            "test": "non-overlapping intervals",
+            "difference": cand - best,
+            "interval": None,
+            "candidate_interval": list(ci_c),
+            "champion_interval": list(ci_b),
+        }
+    passed = cand > best + min_delta  # no uncertainty recorded (older versions)
+    reason = (
+        f"{ours}: no intervals recorded for both, point comparison: "
+        f"{'>' if passed else '<='} champion + min_delta {min_delta}"
+    )
+    return {"passed": passed, "reason": reason, "test": "point", "difference": cand - best}
 
 
 def _best_passing(client: Any, name: str, metric: str) -> Any:

@@ -379,6 +379,8 @@ STEPS: tuple[Step, ...] = (
             "name": "evaluate.model_name",
             "metric": "promote.metric",
             "min_delta": "promote.min_delta",
+            "confidence": "promote.confidence",
+            "bootstrap": "promote.bootstrap",
             "experiment": "tracking.experiment",
         },
         params_keys=("evaluate.model_name", "promote", "tracking.experiment"),
