@@ -25,7 +25,7 @@ def run_pipeline(root: Path, runner: str, images: dict[str, str]) -> Path:
 
 
 def scores(run: Path) -> dict[str, float]:
-    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((run / "evaluate" / "out" / "metrics.json").read_text())
     flat = {}
     for group in ("generated", "real"):
         for key, value in metrics.get(group, {}).items():
@@ -49,7 +49,7 @@ def test_dag_in_containers_scores_equal_the_subprocess_runs(images, tmp_path, mo
         assert math.isclose(inside[key], outside[key], rel_tol=1e-9, abs_tol=1e-12), key
     for stage in ("train-global", "train-local"):
         a, b = (
-            torch.load(r / stage / "checkpoint" / "latest.pth", weights_only=True)
+            torch.load(r / stage / "out" / "latest.pth", weights_only=True)
             for r in (docker_run, local_run)
         )
         for net in ("G", "D"):
@@ -57,8 +57,8 @@ def test_dag_in_containers_scores_equal_the_subprocess_runs(images, tmp_path, mo
             for k in a[net]:
                 assert torch.equal(a[net][k], b[net][k]), f"{stage} {net}.{k}"
     # the tasks ran as the image's unprivileged user and wrote into the mounted root
-    model = docker_run / "features" / "model"
+    model = docker_run / "features" / "out"
     assert model.exists() and model.stat().st_uid != 0
-    decision = json.loads((docker_run / "promote" / "decision").read_text())
+    decision = json.loads((docker_run / "promote" / "out" / "decision.json").read_text())
     assert decision["promoted"] is True
-    assert (docker_run / "export" / "onnx_model" / "model.onnx").stat().st_size > 10_000
+    assert (docker_run / "export" / "out" / "model.onnx").stat().st_size > 10_000
