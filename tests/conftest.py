@@ -51,6 +51,26 @@ def _private_tracking_store(tmp_path_factory):
                 os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_between_tests(_private_tracking_store):
+    """A test that resets MLflow's global URI with ``set_tracking_uri("")`` leaves "" for
+    the next one, which MLflow reads as the ./mlruns file store: such a URI is put back
+    to the store of the environment (the private one, or a module's own)."""
+    import os
+    import sys
+
+    def restore() -> None:
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None and mlflow.get_tracking_uri() in ("", "./mlruns"):
+            mlflow.set_tracking_uri(
+                os.environ.get("MLFLOW_TRACKING_URI") or _private_tracking_store
+            )
+
+    restore()
+    yield
+    restore()
+
+
 # `pipeline run --arg` values of the tiny DAG (the local kfp runs, outside and in containers)
 TINY_PIPELINE_ARGS = (
     "num_train=4",

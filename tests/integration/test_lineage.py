@@ -101,6 +101,8 @@ def pipeline(tmp_path_factory, migrated):
     d = root / "d"
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # MLflow's global URI wins over the environment's
     patch.setenv(PIPELINE_RUN_ENV, EXECUTION)
     patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     exp = ["--experiment", EXPERIMENT]  # the steps whose experiment params.yaml does not set
@@ -139,7 +141,7 @@ def pipeline(tmp_path_factory, migrated):
         yield {"client": client, "uri": uri, "d": d, "runs": runs, "experiment": experiment}
     finally:
         patch.undo()
-        mlflow.set_tracking_uri("")
+        mlflow.set_tracking_uri(previous)
 
 
 def _child(pipeline, name):

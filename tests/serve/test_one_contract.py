@@ -54,9 +54,7 @@ def logged(serve_model, tmp_path_factory):
     try:
         exp = mlflow.create_experiment("contract", artifact_location=str(root / "artifacts"))
         with mlflow.start_run(experiment_id=exp):
-            info = export.log_servable_model(
-                serve_model["onnx"], serve_model["checkpoint"], signature, example
-            )
+            info = export.log_servable_model(serve_model["onnx"], signature, example)
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "m"))
         yield Path(local), mlflow.pyfunc.load_model(local)
     finally:
