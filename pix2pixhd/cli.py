@@ -458,6 +458,12 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # MLflow logs through a handler of its own (INFO: database migrations, experiment
+    # creation), past the filter above: the same rule through its own setting
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        if "mlflow" in sys.modules:
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -61,7 +61,8 @@ def test_image_carries_no_tests_data_or_build_caches(images, shared_dir):
     listed = out.stdout.split()
     assert listed[-1] == "end"
     assert set(listed[:-1]) <= {"README.md", "components", "model", "pipelines", "setup.cfg"} | {
-        "pyproject.toml"
+        "pyproject.toml",
+        "pix2pixhd",
     }
 
 
