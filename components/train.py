@@ -34,7 +34,14 @@ from model.datasets import PairedDataset, check_sample_sizes, detect_layout, fin
 from model.device import resolve_device
 from model.encoding import check_size
 from model.errors import ConfigError, InputError
-from model.fileio import OutputLock, atomic_open, prepare_out_dir, write_json, write_metrics
+from model.fileio import (
+    OutputLock,
+    atomic_open,
+    prepare_out_dir,
+    without_timings,
+    write_json,
+    write_metrics,
+)
 from model.image_io import write_png
 from model.palette import load_palette
 from model.pix2pixhd import Pix2PixHD
@@ -259,8 +266,10 @@ def run(
             summary.update(
                 checkpoint=str(latest), image_size=[width, height], mlflow_run_id=tracker.run_id
             )
-            write_json(out / "summary.json", summary)
-            write_metrics(out / "metrics.json", summary)  # its numbers only
+            kept, timings = without_timings(summary)
+            write_json(out / "summary.json", kept)
+            write_metrics(out / "metrics.json", kept)  # its numbers only
+            write_json(out / "timings.json", timings)  # declared nowhere: not DVC's
             tracker.log_image(grid, "final_samples", trainer.state.global_step)
             tracker.log_artifact(out / "samples.png", "samples")
             tracker.log_artifact(latest, "checkpoint")

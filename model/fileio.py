@@ -125,6 +125,14 @@ def numbers_only(summary: dict[str, Any]) -> dict[str, Any]:
     return numbers
 
 
+def without_timings(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``summary`` without wall-clock numbers, those numbers): DVC-tracked files hold no
+    timings, so the same inputs give the same bytes; timings go to ``timings.json``,
+    which no stage declares."""
+    timing = {k: v for k, v in summary.items() if k == "seconds" or k.startswith("seconds_")}
+    return {k: v for k, v in summary.items() if k not in timing}, timing
+
+
 def write_metrics(path: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Write the numbers of ``summary`` to the metrics file ``path`` (the whole summary,
     with its paths and ids, goes to a JSON file of its own); returns them."""

@@ -129,6 +129,9 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch,
     assert metrics["iterations"] == 36 and summary["image_size"] == [32, 16]
     assert metrics == numbers_only(summary) and "mlflow_run_id" not in metrics
     assert (g / "samples.png").is_file()
+    # DVC-tracked files hold no wall-clock numbers; they are beside, declared nowhere
+    assert "seconds" not in summary and "seconds" not in metrics
+    assert json.loads((g / "timings.json").read_text())["seconds"] > 0
 
     import mlflow
 
@@ -205,7 +208,7 @@ def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch,
     seg, ev = tmp_path / "seg", tmp_path / "eval"
     assert main(["segmenter", "train", "--data", str(data), "--out", str(seg), *_sets()]) == 0
     oracle = json.loads((seg / "metrics.json").read_text())
-    assert 0 <= oracle["val_real_pixel_accuracy"] <= 1
+    assert 0 <= oracle["val_real_pixel_accuracy"] <= 1 and "seconds" not in oracle
     assert (
         main(
             [
