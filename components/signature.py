@@ -57,9 +57,18 @@ def module_path(module: str) -> Path:
     return Path(spec.origin)
 
 
+#: annotation names that are types, never aliases to look up
+PLAIN = frozenset({"int", "float", "str", "bool", "Path", "Any", "None", "PositiveInt"})
+
+
+@functools.cache
+def _source(module: str) -> str:
+    return module_path(module).read_text(encoding="utf-8")
+
+
 @functools.cache
 def _tree(module: str) -> ast.Module:
-    return ast.parse(module_path(module).read_text(encoding="utf-8"))
+    return ast.parse(_source(module))
 
 
 def _default(node: ast.expr | None) -> Any:
@@ -111,19 +120,23 @@ def arg_docs(docstring: str | None) -> dict[str, str]:
 
 def _alias(module: str, name: str, depth: int = 0) -> str | None:
     """The ``Literal[...]`` that type alias ``name`` stands for in ``module`` (defined
-    there, or imported from a project module); None if it is not such an alias."""
-    for node in _tree(module).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            text = ast.unparse(node.value)
-            return text if text.startswith("Literal[") else None
-        if isinstance(node, ast.ImportFrom) and node.module and depth < 3:
-            if any((a.asname or a.name) == name for a in node.names):
-                try:
-                    return _alias(node.module, name, depth + 1)
-                except (ModuleNotFoundError, ValueError, SyntaxError):
-                    return None
+    there, or imported from a project module); None if it is not such an alias. Read
+    from the text (no parse: this runs for every annotation of every step)."""
+    if name in PLAIN:
+        return None
+    text = _source(module)
+    found = re.search(rf"^{name}\s*=\s*(Literal\[.*?\])\s*$", text, re.M | re.S)
+    if found:
+        return " ".join(found.group(1).split()).replace("[ ", "[").replace(", ]", "]")
+    if depth >= 3:
+        return None
+    for m in re.finditer(r"^from\s+([\w.]+)\s+import\s+(\([^)]*\)|[^\n]*)", text, re.M):
+        names = {n.split(" as ")[-1].strip() for n in m.group(2).strip("()").split(",")}
+        if name in names:
+            try:
+                return _alias(m.group(1), name, depth + 1)
+            except (ModuleNotFoundError, ValueError):
+                return None
     return None
 
 
@@ -138,7 +151,23 @@ def _annotation(module: str, node: ast.expr | None) -> str:
     )
 
 
+@functools.cache
 def _function(module: str, name: str) -> ast.FunctionDef:
+    """The top-level function ``name`` of ``module``, parsed alone: compiling a whole
+    module is most of ``pix2pixhd --help``'s time (the module's other top-level
+    statements are skipped by their indentation; the whole tree is the fallback)."""
+    lines = module_path(module).read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"def {name}(")), None)
+    if start is not None:
+        end = start + 1
+        while end < len(lines) and (not lines[end] or lines[end][0] in " \t#)"):
+            end += 1
+        try:
+            node = ast.parse("\n".join(lines[start:end])).body[0]
+        except (SyntaxError, IndexError):
+            node = None
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
     for node in _tree(module).body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return node
