@@ -184,11 +184,16 @@ class PromoteParams:
     # same val images, at this two-sided level, must lie above min_delta
     confidence: float = 0.95
     bootstrap: int = 1000  # resamples of that interval
+    # the spread of mean IoU between training seeds of one configuration (bench/band.py):
+    # the paired interval covers the val images' sampling, not training noise, so the
+    # candidate must clear min_delta + seed_margin (0: no training noise assumed)
+    seed_margin: float = 0.0
 
     def __post_init__(self) -> None:
         check_number("min_delta", self.min_delta, 0)
         check_number("promote.confidence", self.confidence, 0, low_open=True, high=1)
         check_number("promote.bootstrap", self.bootstrap, 1)
+        check_number("promote.seed_margin", self.seed_margin, 0)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ def run(
     min_delta: float = 0.0,
     confidence: float = 0.95,
     bootstrap: PositiveInt = 1000,
+    seed_margin: float = 0.0,
     out: Path | None = None,
     tracking_uri: str | None = None,
     tracking: bool = True,
@@ -53,8 +54,10 @@ def run(
 
     The gate: the candidate and the champion are compared on the same val images (each
     version's per-image scores, logged by its evaluate run): the alias moves only when
-    the paired bootstrap interval of the difference lies above ``min_delta``. A model
-    retrained with another seed does not win by luck. Versions scored on other images
+    the paired bootstrap interval of the difference lies above ``min_delta`` plus the
+    measured spread between training seeds (``seed_margin``): the interval covers the
+    images' sampling, the margin the training noise, so a model retrained with another
+    seed does not win by luck. Versions scored on other images
     must have intervals that do not overlap; the first model is promoted; a non-finite
     score never is. The decision states the difference, its interval and why.
 
@@ -66,6 +69,8 @@ def run(
         min_delta: how much the candidate must beat the champion by.
         confidence: the two-sided level of the paired interval.
         bootstrap: resamples of the paired bootstrap.
+        seed_margin: the mean IoU spread between training seeds (bench/band.py): the
+            candidate must clear min_delta + seed_margin.
         out: where to write the decision as JSON (optional); its numbers (the scores
             compared, ``min_delta``) also go to ``<out stem>_metrics.json`` beside it.
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own default).
@@ -95,6 +100,7 @@ def run(
         tracking_uri,
         confidence=confidence,
         resamples=bootstrap,
+        margin=seed_margin,
     )
     if out is not None:  # the decision; its numbers also in <out>_metrics.json
         write_json(out, result)

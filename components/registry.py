@@ -160,6 +160,7 @@ def promote(
     _before_alias_write: Callable[[], None] | None = None,
     confidence: float = 0.95,
     resamples: int = 1000,
+    margin: float = 0.0,
 ) -> dict[str, Any]:
     """Gate ``version`` of ``name`` against the champion (see ``components.promote``):
     the candidate moves the alias only when it is better beyond the uncertainty, by the
@@ -216,7 +217,14 @@ def promote(
         )
     else:
         gate = compare(
-            client, by_version[version], champion, metric, min_delta, confidence, resamples
+            client,
+            by_version[version],
+            champion,
+            metric,
+            min_delta,
+            confidence,
+            resamples,
+            margin,
         )
         passed, reason = gate.pop("passed"), gate.pop("reason")
         comparison = gate
@@ -280,9 +288,11 @@ def compare(
     min_delta: float,
     confidence: float,
     resamples: int,
+    margin: float = 0.0,
 ) -> dict[str, Any]:
     """The gate's decision for two finite scores: ``passed``, ``reason`` and the numbers
-    (the difference, its interval, how it was tested)."""
+    (the difference, its interval, how it was tested). The candidate must clear
+    ``min_delta + margin`` (``margin``: the training-seed spread)."""
     from model.metrics import paired_difference
 
     cand, best = _finite_metric(candidate, metric), _finite_metric(champion, metric)
@@ -293,11 +303,13 @@ def compare(
         order = {stem: i for i, stem in enumerate(b[0])}
         champ = b[1][[order[stem] for stem in a[0]]]  # the same images, in one order
         d = paired_difference(a[1], champ, resamples, seed=0, level=confidence)
-        passed = d["low"] > min_delta
+        bar = min_delta + margin
+        passed = d["low"] > bar
         reason = (
             f"{ours}: difference {d['difference']:+.4f}, {confidence:.0%} paired interval "
             f"[{d['low']:+.4f}, {d['high']:+.4f}] on the same {len(a[0])} val images, "
-            f"{'above' if passed else 'not above'} min_delta {min_delta}"
+            f"{'above' if passed else 'not above'} min_delta {min_delta} + seed margin "
+            f"{margin}"
         )
         return {
             "passed": passed,
@@ -307,10 +319,11 @@ def compare(
             "interval": [d["low"], d["high"]],
             "confidence": confidence,
             "images": len(a[0]),
+            "seed_margin": margin,
         }
     ci_c, ci_b = _interval(candidate, metric), _interval(champion, metric)
     if ci_c is not None and ci_b is not None:  # scored on other images: no overlap needed
-        passed = ci_c[0] > ci_b[1] + min_delta
+        passed = ci_c[0] > ci_b[1] + min_delta + margin
         reason = (
             f"{ours}: not scored on the same images, so the intervals must not overlap: "
             f"candidate [{ci_c[0]:.4f}, {ci_c[1]:.4f}], champion [{ci_b[0]:.4f}, "
@@ -325,7 +338,7 @@ def compare(
             "candidate_interval": list(ci_c),
             "champion_interval": list(ci_b),
         }
-    passed = cand > best + min_delta  # no uncertainty recorded (older versions)
+    passed = cand > best + min_delta + margin  # no uncertainty recorded (older versions)
     reason = (
         f"{ours}: no intervals recorded for both, point comparison: "
         f"{'>' if passed else '<='} champion + min_delta {min_delta}"

@@ -381,6 +381,7 @@ STEPS: tuple[Step, ...] = (
             "min_delta": "promote.min_delta",
             "confidence": "promote.confidence",
             "bootstrap": "promote.bootstrap",
+            "seed_margin": "promote.seed_margin",
             "experiment": "tracking.experiment",
         },
         params_keys=("evaluate.model_name", "promote", "tracking.experiment"),
