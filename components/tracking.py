@@ -90,7 +90,10 @@ PROBE_TIMEOUT_ENV = "PIX2PIXHD_TRACKING_PROBE_TIMEOUT"  # seconds, default 3
 
 
 def configure_client() -> None:
-    """Short MLflow client timeouts, no retries (values the user set are kept)."""
+    """Short MLflow client timeouts, no retries (values the user set are kept). The CLI
+    and the Kubeflow executor call it first, so registry look-ups (``serve`` and
+    ``generate`` resolving ``models:/``) are bounded too: a refused port fails in
+    seconds, not after minutes of retries."""
     for key, value in CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
 

@@ -44,6 +44,9 @@ def given_arguments(task: steps.Task, values: dict[str, Any]) -> dict[str, Any]:
 
 def execute(task_name: str, values: dict[str, Any]) -> dict[str, Any]:
     """Run task ``task_name`` with the component's arguments ``values`` (its locals())."""
+    from components.tracking import configure_client
+
+    configure_client()
     task = steps.TASK_BY_NAME[task_name]
     step = task.spec
     if values.get("pipeline_run"):

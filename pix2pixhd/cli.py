@@ -544,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)  # usage errors: one line, SystemExit(2)
     configure_logging(args.verbose, args.quiet)
+    from components.tracking import configure_client
+
+    configure_client()  # tracking servers: seconds, not minutes, when one is down
     from model.errors import Pix2PixHDError
 
     step: Step = args._step
