@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.params import EXTENDS, Params
+from model.fileio import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "params.md"
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"{args.out}: stale, run python -m components.params_doc\n")
             return 1
         return 0
-    args.out.write_text(text, encoding="utf-8")
+    write_text(args.out, text)  # temp + rename
     return 0
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
+from model.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def download(uri: str, dest: Path) -> Path:
         for rel in set(known) - set(wanted):  # deleted from the store since the last fetch
             (dest / rel).unlink(missing_ok=True)
         dest.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(wanted))
+        write_json(record, wanted)  # temp + rename: a kill leaves the old record or none
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, uri) from None
     log.info("fetched %s: %d of %d objects changed -> %s", uri, len(todo), len(keys), dest)

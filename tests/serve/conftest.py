@@ -114,3 +114,21 @@ def live(app):
         thread.join(10)
 
     return f"http://127.0.0.1:{port}", stop
+
+
+def wait_ready(url: str, proc, err, seconds: float = 60) -> None:
+    """Poll ``url``/readyz until the server process ``proc`` answers 200 (its stderr
+    ``err`` in the failure message)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, err.read()[-2000:]
+        time.sleep(0.1)

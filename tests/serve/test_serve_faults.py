@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import psutil
 
-from tests.serve.conftest import png, scene
+from tests.serve.conftest import png, scene, wait_ready
 
 MAX_BYTES = 2 * 2**20
 WORKERS, QUEUE = 1, 2
@@ -52,15 +52,7 @@ def test_health_and_memory_hold_under_a_hostile_mix(serve_model, tmp_path):
     statuses: dict[str, list[int]] = {}
     health: list[float] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, err.read()
-            time.sleep(0.1)
+        wait_ready(url, proc, err)
         server = psutil.Process(proc.pid)
         idle_mb = server.memory_info().rss / 2**20
         limits = httpx.get(f"{url}/v1/limits").json()

@@ -26,7 +26,7 @@ from components.serve.engine import Engine
 from components.serve.front import RequestIdFilter
 from components.serve.maps import Limits
 from pix2pixhd.cli import main
-from tests.serve.conftest import png, scene
+from tests.serve.conftest import png, scene, wait_ready
 
 TOKEN = "tok-3f9c2a7e51d84b06"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -318,17 +318,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(serve_model, tmp_path):
     proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "err"
-            ).read_text()[-2000:]
-            time.sleep(0.1)
+        wait_ready(url, proc, err)
         assert httpx.post(f"{url}/v1/generate", files=maps_files()).status_code == 401
         slow = []
         headers = {**AUTH, "X-Request-ID": "in-flight-1"}
