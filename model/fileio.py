@@ -219,19 +219,21 @@ class OutputLock:
         import socket
 
         self.path = Path(out) / LOCK_NAME
+        self._fd = -1  # __del__ runs even when __init__ raises: nothing of ours to close
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise (os_error(exc, out) or exc) from None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = self.path.read_text(errors="replace").strip()[:80] or "another process"
-            os.close(self._fd)
+            os.close(fd)  # closed once, here: a later __del__ must not close a reused number
             raise InputError(
                 f"{out}: another run is writing here ({holder}); wait for it to finish or "
                 "choose another --out"
             ) from None
+        self._fd = fd
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
 

@@ -32,12 +32,21 @@ def test_a_refusing_tracking_server_fails_in_seconds(command, refused, tmp_path,
             "--out",
             str(tmp_path / "o"),
         ]
+    import mlflow
+
     start = time.perf_counter()
+    # An earlier test in this process may have set MLflow's global URI, which shadows the
+    # environment (a fresh `pix2pixhd generate` process has none): set both.
+    before = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", refused)
         for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
             mp.delenv(key, raising=False)
-        code = main(argv)
+        mlflow.set_tracking_uri(refused)
+        try:
+            code = main(argv)
+        finally:
+            mlflow.set_tracking_uri(before)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and refused.split("//")[1] in err[0], err
     assert time.perf_counter() - start < 30
