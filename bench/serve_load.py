@@ -1,19 +1,28 @@
-"""Load on `pix2pixhd serve`: a bounded number of POST /v1/generate requests on loopback.
+"""`pix2pixhd serve` against the engine's limit and against `mlflow models serve`.
 
-The server is the real command line in its own process (`pix2pixhd serve`); the client
-sends ``--requests`` requests, at most ``--concurrency`` at once, each a bundled-style
-street scene (label + instance PNG, model/synth.py) at the model's size, and reports
-throughput, p50/p95/p99 latency and the count of non-200 answers (503s included).
+One run measures, on the same cores and one after another (each case alone):
+
+1. **engine**: the served ONNX graph in a tight loop (ONNX Runtime ``session.run`` on
+   prepared feeds, nothing else), in a fresh process per case: one stream with all cores,
+   two streams sharing one session, and batches of 2 and 4 (does batching pay on CPU?);
+2. **service**: `pix2pixhd serve` started from the command line with its default flags
+   (or ``--serve-flags``), loaded by a client on loopback at each ``--concurrency``
+   (bundled-style street scenes as label + instance PNGs, ``POST /v1/generate``):
+   throughput, p50/p95/p99 and the server's peak memory (VmHWM);
+3. **workers**: the service with ``--workers`` 1, 2, 3 and 4 at the highest concurrency
+   (adding workers must not lower throughput);
+4. **mlflow**: the same model logged as the project's pyfunc model
+   (``components.export.log_servable_model``) behind ``mlflow models serve --env-manager
+   local``, JSON tensors in and out (``{"inputs": {"label": ..., "instance": ...}}``), at
+   the same concurrencies.
 
 Models (random weights: time does not depend on them; thing classes get 10 random
-cluster centres so per-instance features are drawn as for a trained model; exported here
-and served as an ONNX file):
-- ``demo``: the local generator of params.yaml at 256x128;
-- ``global_1024``: the paper's global generator (ngf 64, 9 blocks) at 1024x512;
-or ``--model PATH`` (a checkpoint or ONNX file) with ``--size WxH``.
+cluster centres so per-instance features are drawn as for a trained model):
+``demo`` (the local generator of params.yaml at 256x128) or ``global_1024`` (the paper's
+global generator, ngf 64, 9 blocks, at 1024x512).
 
-Usage: python bench/serve_load.py [--config demo] [--requests 200] [--concurrency 8]
-           [--workers 2] [--queue 8] [--threads 0] [--out bench/results/serve_demo.json]
+Usage: python bench/serve_load.py --config demo [--concurrency 1,2,4,8] [--seconds 15]
+           [--skip mlflow,workers] [--out docs/data/serve_demo.json]
 """
 
 from __future__ import annotations
@@ -22,23 +31,29 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 CONFIGS = {"demo": (256, 128), "global_1024": (1024, 512)}
+VENV_BIN = Path(sys.executable).parent
 
 
-def make_onnx(name: str, path: Path) -> Path:
-    """The configuration with random weights, exported (the served file)."""
+def make_model(name: str) -> tuple[Any, dict | None]:
+    """The configuration with random weights (seed 0), and its cluster centres."""
     import torch
 
     from model.config import GeneratorConfig, ModelConfig
@@ -52,129 +67,484 @@ def make_onnx(name: str, path: Path) -> Path:
         cfg = stage_model_config(load_params(ROOT / "params.yaml", []), "local")
     else:
         cfg = ModelConfig(generator=GeneratorConfig(ngf=64, n_local_enhancers=0))
-    from model.export import export_onnx
-
     centres = None
     if cfg.use_instance_features:
         feat = cfg.encoder.feat_num
         centres = {lab.id: torch.rand(10, feat) * 2 - 1 for lab in LABELS if lab.has_instances}
-    model = Pix2PixHD(cfg, with_discriminator=False).eval()
-    return export_onnx(model, path, cluster_centers=centres)
+    return Pix2PixHD(cfg, with_discriminator=False).eval(), centres
 
 
-def scene_pngs(width: int, height: int, n: int = 8) -> list[tuple[bytes, bytes]]:
-    from PIL import Image
-
+def scene(width: int, height: int, i: int) -> tuple[np.ndarray, np.ndarray]:
     from model.synth import render_scene
 
-    out = []
-    for i in range(n):
-        s = render_scene(np.random.default_rng([7, i]), width, height)
-        files = []
-        for array in (s.label, s.instance.astype(np.uint16)):
-            buf = io.BytesIO()
-            Image.fromarray(array).save(buf, format="PNG")
-            files.append(buf.getvalue())
-        out.append(tuple(files))
-    return out
+    s = render_scene(np.random.default_rng([7, i]), width, height)
+    return s.label, s.instance.astype(np.uint16)
 
 
-def start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    import httpx
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
 
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the engine's limit
+
+
+def engine_case(
+    onnx: Path, width: int, height: int, streams: int, threads: int, batch: int, seconds: float
+) -> dict[str, Any]:
+    """``streams`` Python threads calling ``run`` on one session (``threads`` intra-op
+    threads, 0 = ONNX Runtime's default) on a prepared batch, for ``seconds``."""
+    from components.onnx_session import make_session
+    from model.model_contract import ModelInfo, onnx_feeds
+
+    session = make_session(onnx, "cpu", threads or None)
+    info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, onnx)
+    label, inst = scene(width, height, 0)
+    label = np.repeat(label[None, None].astype(np.int64), batch, 0)
+    inst = np.repeat(inst[None, None].astype(np.int64), batch, 0)
+    feeds = onnx_feeds(info, label, inst, seed=0)
+    session.run(None, feeds)  # warm-up
+    images = [0] * streams
+    runs: list[float] = []
+    start = threading.Barrier(streams + 1)
+    deadline = [0.0]
+
+    def loop(k: int) -> None:
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            t = time.perf_counter()
+            session.run(None, feeds)
+            runs.append(time.perf_counter() - t)
+            images[k] += batch
+
+    workers = [threading.Thread(target=loop, args=(k,)) for k in range(streams)]
+    for w in workers:
+        w.start()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + seconds
+    start.wait()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
+    return {
+        "streams": streams,
+        "threads": threads,
+        "batch": batch,
+        "images": sum(images),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(sum(images) / wall, 3),
+        "run_p50_ms": round(float(np.median(runs)) * 1000, 1),
+    }
+
+
+# ---------------------------------------------------------------- servers and load
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pix2pixhd", "serve", "--model", str(model)]
-    cmd += ["--port", str(port), "--workers", str(args.workers), "--queue", str(args.queue)]
-    cmd += ["--threads", str(args.threads)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # the server's output
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900  # a checkpoint is exported on the first start
-    while time.monotonic() < deadline and proc.poll() is None:
+        return s.getsockname()[1]
+
+
+def tree_peak_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process and its descendants, summed, in MB."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for p in procs:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+class Server:
+    """A server command in its own process group, ready when ``probe`` answers 200."""
+
+    def __init__(self, cmd: list[str], probe: str, env: dict[str, str] | None = None):
+        import httpx
+
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(probe, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
             time.sleep(0.5)
-    proc.kill()
-    log.seek(0)
-    raise SystemExit(f"serve did not start:\n{log.read()[-3000:]}")
+        self.stop()
+        self.log.seek(0)
+        raise SystemExit(f"{cmd[0]} did not start:\n{self.log.read()[-3000:]}")
+
+    def peak_mb(self) -> float:
+        return tree_peak_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
-async def load(url: str, scenes: list, requests: int, concurrency: int) -> dict:
+Send = Callable[[Any, int], Awaitable[int]]
+
+
+async def load(send: Send, requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` calls of ``send(client, i)`` (-> HTTP status), ``concurrency`` at once,
+    after one warm-up call per connection."""
     import httpx
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=900, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
 
         async def one(i: int) -> None:
-            label, inst = scenes[i % len(scenes)]
-            files = {"label": ("l.png", label), "instance": ("i.png", inst)}
             async with gate:
                 t = time.perf_counter()
-                r = await client.post(f"{url}/v1/generate", files=files, data={"seed": str(i)})
+                status = await send(client, i)
                 latencies.append(time.perf_counter() - t)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                statuses[status] = statuses.get(status, 0) + 1
 
-        await one(0)  # warm-up (not counted)
+        await asyncio.gather(*(one(-1 - i) for i in range(concurrency)))  # warm-up
         latencies.clear()
         statuses.clear()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(i) for i in range(requests)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = np.array(latencies) * 1000
     return {
         "requests": requests,
         "concurrency": concurrency,
         "wall_s": round(wall, 2),
-        "throughput_rps": round(requests / wall, 2),
+        "throughput_rps": round(requests / wall, 3),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p95_ms": round(float(np.percentile(ms, 95)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "errors": requests - statuses.get(200, 0),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        # the client shares the cores: its CPU time per request is taken from the service
+        "client_cpu_ms_per_request": round(cpu / requests * 1000, 2),
     }
+
+
+def requests_for(concurrency: int, rate: float, seconds: float) -> int:
+    """Enough requests for ``seconds`` at ``rate`` req/s, at least 2 per connection."""
+    return max(2 * concurrency, math.ceil(rate * seconds))
+
+
+def pix2pixhd_sender(width: int, height: int) -> Send:
+    scenes = [(png(lab), png(ins)) for lab, ins in (scene(width, height, i) for i in range(8))]
+
+    async def send(client: Any, i: int) -> int:
+        label, inst = scenes[i % len(scenes)]
+        files = {"label": ("l.png", label), "instance": ("i.png", inst)}
+        r = await client.post(f"{send.url}/v1/generate", files=files, data={"seed": str(max(i, 0))})
+        return r.status_code
+
+    return send
+
+
+def mlflow_sender(width: int, height: int) -> Send:
+    bodies = []
+    for i in range(8):
+        lab, ins = scene(width, height, i)
+        inputs = {
+            "label": lab[None, None].astype(np.int64).tolist(),
+            "instance": ins[None, None].astype(np.int64).tolist(),
+        }
+        bodies.append(json.dumps({"inputs": inputs, "params": {"seed": i}}).encode())
+
+    async def send(client: Any, i: int) -> int:
+        r = await client.post(
+            f"{send.url}/invocations",
+            content=bodies[i % len(bodies)],
+            headers={"Content-Type": "application/json"},
+        )
+        return r.status_code
+
+    return send
+
+
+def sweep(
+    server: Server, url: str, send: Send, levels: list[int], rate: float, seconds: float
+) -> list[dict[str, Any]]:
+    send.url = url
+    out = []
+    for c in levels:
+        row = asyncio.run(load(send, requests_for(c, rate, seconds), c))
+        row["peak_mb"] = server.peak_mb()  # so far: VmHWM only grows
+        row["load_average"] = round(os.getloadavg()[0], 2)
+        log(f"  concurrency {c}: {row['throughput_rps']} req/s, p50 {row['p50_ms']} ms")
+        out.append(row)
+    return out
+
+
+def serve_cmd(onnx: Path, port: int, flags: list[str]) -> list[str]:
+    return [str(VENV_BIN / "pix2pixhd"), "serve", "--model", str(onnx), "--port", str(port), *flags]
+
+
+def log_pyfunc(model: Any, centres: dict | None, onnx: Path, home: Path) -> str:
+    """The model logged as the project's pyfunc model into a SQLite store under ``home``;
+    its model URI."""
+    import mlflow
+
+    from components.export import log_servable_model, serving_signature
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    signature, example = serving_signature(model, centres is not None)
+    with mlflow.start_run():
+        return log_servable_model(onnx, signature, example).model_uri
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _ms(v: float) -> str:
+    return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.0f} ms"
+
+
+def tables(paths: list[Path]) -> str:
+    """Markdown tables of result files: the engine's limit, the load sweep of both
+    servers side by side, and the workers sweep."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    out = ["| size | engine (tight loop) | images/s | one run |", "|---|---|---|---|"]
+    for d in docs:
+        for e in d["engine"]:
+            batch = f", batch {e['batch']}" if e["batch"] > 1 else ""
+            how = (
+                f"{e['streams']} stream{'s' if e['streams'] > 1 else ''}, "
+                f"{e['threads'] or 'all'} thread{'s' if e['threads'] != 1 else ''}"
+                f"{batch}"
+            )
+            out.append(
+                f"| {d['size']} | {how} | {e['images_per_s']:.2f} | {_ms(e['run_p50_ms'])} |"
+            )
+    out += [
+        "",
+        "| size | server | concurrency | req/s | vs engine | p50 | p95 | p99 | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        best = d["engine_best_batch1"]
+        for server, rows in (
+            ("pix2pixhd serve", d["service"]["levels"]),
+            ("mlflow models serve", d.get("mlflow", {}).get("levels", [])),
+        ):
+            for r in rows:
+                out.append(
+                    f"| {d['size']} | {server} | {r['concurrency']} | "
+                    f"{r['throughput_rps']:.2f} | {r['throughput_rps'] / best:.2f}x | "
+                    f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | "
+                    f"{r['peak_mb']:.0f} MB |"
+                )
+    out += [
+        "",
+        "| size | --workers | concurrency | req/s | p50 | p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        for r in d.get("workers", []):
+            out.append(
+                f"| {d['size']} | {r['workers']} | {r['concurrency']} | "
+                f"{r['throughput_rps']:.2f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} |"
+            )
+    loads = ", ".join(
+        f"{d['size']}: {d['load_average_before'][0]} before, {d['load_average_after'][0]} after"
+        for d in docs
+    )
+    out += ["", f"Load average (1 min): {loads}."]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_engine_case(args: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--one", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="demo")
-    p.add_argument("--model", type=Path, help="a checkpoint or ONNX file instead of --config")
-    p.add_argument("--size", help="WxH (default: the config's)")
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--queue", type=int, default=8)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels")
+    p.add_argument("--seconds", type=float, default=15.0, help="target seconds per case")
+    p.add_argument("--serve-flags", default="", help="flags for pix2pixhd serve (default none)")
+    p.add_argument("--skip", default="", help="comma-separated: engine, workers, mlflow")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--tables", nargs="+", type=Path, help="print Markdown tables of results")
     args = p.parse_args()
-    width, height = (int(v) for v in args.size.split("x")) if args.size else CONFIGS[args.config]
+    if args.tables:
+        sys.stdout.write(tables(args.tables))
+        return
+    if args.one:
+        onnx, w, h, streams, threads, batch, seconds = args.one
+        case = engine_case(
+            Path(onnx), int(w), int(h), int(streams), int(threads), int(batch), float(seconds)
+        )
+        print(json.dumps(case))
+        return
+    width, height = CONFIGS[args.config]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    cores = os.cpu_count() or 1
+    result: dict[str, Any] = {
+        "config": args.config,
+        "size": f"{width}x{height}",
+        "cpus": cores,
+        "machine": platform.processor() or platform.machine(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    from model.export import export_onnx
+
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or make_onnx(args.config, Path(tmp) / f"{args.config}.onnx")
-        proc, url = start_server(model, args)
+        model, centres = make_model(args.config)
+        onnx = export_onnx(model, Path(tmp) / f"{args.config}.onnx", cluster_centers=centres)
+
+        # 1. the engine alone
+        engine = []
+        cases = [(1, 0, 1), (2, 0, 1), (2, 1, 1), (1, 0, 2), (1, 0, 4)]
+        if "engine" in skip:
+            cases = cases[:1]
+        for streams, threads, batch in cases:
+            row = run_engine_case(
+                [
+                    str(onnx),
+                    str(width),
+                    str(height),
+                    str(streams),
+                    str(threads),
+                    str(batch),
+                    str(args.seconds),
+                ]
+            )
+            log(
+                f"engine {streams} stream(s), threads {threads or 'default'}, batch {batch}: "
+                f"{row['images_per_s']} images/s"
+            )
+            engine.append(row)
+        result["engine"] = engine
+        best = max(r["images_per_s"] for r in engine if r["batch"] == 1)
+        result["engine_best_batch1"] = best
+
+        # 2. the service with its default flags
+        port = free_port()
+        flags = args.serve_flags.split()
+        server = Server(serve_cmd(onnx, port, flags), f"http://127.0.0.1:{port}/readyz")
         try:
-            result = asyncio.run(
-                load(url, scene_pngs(width, height), args.requests, args.concurrency)
+            log(f"pix2pixhd serve {' '.join(flags) or '(default flags)'}")
+            rows = sweep(
+                server,
+                f"http://127.0.0.1:{port}",
+                pix2pixhd_sender(width, height),
+                levels,
+                best,
+                args.seconds,
             )
         finally:
-            proc.terminate()
-            proc.wait(30)
-    result.update(
-        model=str(args.model) if args.model else args.config,
-        size=f"{width}x{height}",
-        workers=args.workers,
-        queue=args.queue,
-        threads=args.threads,
-        cpus=os.cpu_count(),
-        machine=platform.processor() or platform.machine(),
-        load_average=os.getloadavg()[0],
-    )
+            server.stop()
+        result["service"] = {"flags": flags, "levels": rows}
+        result["service_vs_engine"] = round(max(r["throughput_rps"] for r in rows) / best, 3)
+
+        # 3. workers at the highest concurrency
+        if "workers" not in skip:
+            result["workers"] = []
+            for workers in (1, 2, 3, 4):
+                port = free_port()
+                server = Server(
+                    serve_cmd(onnx, port, ["--workers", str(workers)]),
+                    f"http://127.0.0.1:{port}/readyz",
+                )
+                try:
+                    log(f"pix2pixhd serve --workers {workers}")
+                    (row,) = sweep(
+                        server,
+                        f"http://127.0.0.1:{port}",
+                        pix2pixhd_sender(width, height),
+                        levels[-1:],
+                        best,
+                        args.seconds,
+                    )
+                finally:
+                    server.stop()
+                row["workers"] = workers
+                result["workers"].append(row)
+
+        # 4. the same model through mlflow models serve
+        if "mlflow" not in skip:
+            home = Path(tmp)
+            uri = log_pyfunc(model, centres, onnx, home)
+            port = free_port()
+            server = Server(
+                [
+                    str(VENV_BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    uri,
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
+                f"http://127.0.0.1:{port}/ping",
+                env={  # it runs `uvicorn` from PATH: the venv's, as after activating it
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+                    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                },
+            )
+            try:
+                log("mlflow models serve")
+                rows = sweep(
+                    server,
+                    f"http://127.0.0.1:{port}",
+                    mlflow_sender(width, height),
+                    levels,
+                    best,
+                    args.seconds,
+                )
+            finally:
+                server.stop()
+            result["mlflow"] = {"levels": rows}
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

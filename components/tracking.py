@@ -198,6 +198,9 @@ class Tracker:
         self._probed = False
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
+        #: a resumed run's last logged step: metrics and images up to it are not logged
+        #: again (the interrupted attempt logged them; an exact resume repeats them)
+        self.logged_through = -1
 
     @property
     def active(self) -> bool:
@@ -253,11 +256,14 @@ class Tracker:
         run_name: str,
         tags: dict[str, str],
         system_metrics: bool = False,
+        resume_run_id: str | None = None,
     ) -> None:
         """Open the run: nested under the pipeline execution's parent run when
         ``$PIX2PIXHD_PIPELINE_RUN`` is set (:func:`pipeline_parent`), else standalone.
         ``system_metrics``: MLflow samples CPU, memory, disk, network (and GPU with
-        ``nvidia-ml-py``) during the run; needs ``psutil``, skipped without it."""
+        ``nvidia-ml-py``) during the run; needs ``psutil``, skipped without it.
+        ``resume_run_id``: the run an interrupted attempt opened (from its checkpoint):
+        reopened when it is in this store, so that one run holds the whole training."""
         execution = os.environ.get(PIPELINE_RUN_ENV, "")
         if execution:  # one tag shared by a pipeline's runs
             tags = {**tags, "pipeline_run": execution}
@@ -272,10 +278,20 @@ class Tracker:
             sample = system_metrics and importlib.util.find_spec("psutil") is not None
             if system_metrics and not sample:
                 log.warning("system metrics not logged: psutil is not installed")
-            run = mlflow.start_run(
-                run_name=run_name, tags=run_tags, log_system_metrics=True if sample else None
-            )
+            system = True if sample else None
             self.experiment_id = exp.experiment_id
+            previous = _resumable(mlflow, resume_run_id, exp.experiment_id)
+            if previous is not None:
+                run = mlflow.start_run(run_id=previous, log_system_metrics=system)
+                mlflow.set_tags(run_tags)
+                self.logged_through = _last_step(mlflow.MlflowClient(), previous)
+                log.info(
+                    "MLflow run %s resumed (metrics logged through step %d)",
+                    previous,
+                    self.logged_through,
+                )
+                return run.info.run_id
+            run = mlflow.start_run(run_name=run_name, tags=run_tags, log_system_metrics=system)
             return run.info.run_id
 
         self.run_id = self._call("start_run", go)
@@ -309,12 +325,16 @@ class Tracker:
     ) -> None:
         """Metrics at ``step``; ``dataset`` (from :meth:`dataset`) ties them to the data
         they were measured on, ``model_id`` to a logged model (MLflow 3)."""
+        if 0 < step <= self.logged_through:
+            return
         clean = {k: float(v) for k, v in metrics.items()}
         extra = {k: v for k, v in (("dataset", dataset), ("model_id", model_id)) if v is not None}
         self._call("log_metrics", lambda m: m.log_metrics(clean, step=step, **extra))
 
     def log_image(self, image: np.ndarray, key: str, step: int = 0) -> None:
         """An image in the run's image history (the UI's slider over ``step``)."""
+        if 0 < step <= self.logged_through:
+            return
         self._call("log_image", lambda m: m.log_image(image, key=key, step=int(step)))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -382,6 +402,29 @@ class Tracker:
 
 # ---------------------------------------------------------------------------
 # the pipeline execution's parent run
+
+
+def _resumable(mlflow: Any, run_id: str | None, experiment_id: str) -> str | None:
+    """``run_id`` when this store holds it, in ``experiment_id``, else None."""
+    if not run_id:
+        return None
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # another store (the checkpoint travelled), or deleted
+        log.info("MLflow run %s of the checkpoint is not in this store: a new run", run_id)
+        return None
+    return run_id if run.info.experiment_id == experiment_id else None
+
+
+def _last_step(client: Any, run_id: str) -> int:
+    """The highest step any metric of the run was logged at (-1: none)."""
+    last = -1
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith("system/"):
+            continue
+        history = client.get_metric_history(run_id, key)
+        last = max([last, *(int(m.step) for m in history)])
+    return last
 
 
 def _quoted(value: str) -> str:

@@ -148,7 +148,8 @@ def run(
         out: the output directory (``latest.pth``, ``losses.csv``, ``samples.png``,
             ``metrics.json``, ``summary.json``).
         init_checkpoint: the global stage's ``latest.pth`` (stage local).
-        resume: continue from ``out/latest.pth`` when it exists.
+        resume: continue from ``out/latest.pth`` when it exists (``init_checkpoint`` is
+            then not used: a job whose workers may restart gives both).
         boundaries: precomputed instance boundary maps (optional).
         data_summary: validate's summary.json (the dataset hash for tags and checkpoint).
         tracking: log to MLflow (rank 0 only).
@@ -158,11 +159,6 @@ def run(
     """
     if stage not in ("global", "local"):
         raise ConfigError(f"--stage {stage!r}: expected global or local")
-    if resume and init_checkpoint is not None:
-        raise ConfigError(
-            "--init and --resume contradict each other: --resume continues OUT/latest.pth, "
-            "--init starts from another checkpoint; give one"
-        )
     tcfg = params.train_global if stage == "global" else params.train_local
     cfg = stage_model_config(params, stage)
     width, height = stage_size(params, stage)
@@ -247,7 +243,15 @@ def run(
         hooks.truncate_after(trainer.state.global_step)
     trainer.hooks = hooks
     tags = run_tags(stage, orchestrator, dataset_hash=data_hash, world_size=str(dinfo.world_size))
-    tracker.start(params.tracking.experiment, f"train_{stage}", tags, system_metrics=True)
+    tracker.start(
+        params.tracking.experiment,
+        f"train_{stage}",
+        tags,
+        system_metrics=True,
+        resume_run_id=trainer.resumed_run_id,  # a resumed run's metrics go on in its run
+    )
+    if tracker.run_id is not None:  # where a run resumed from the checkpoint logs
+        trainer.extra_payload["mlflow_run_id"] = tracker.run_id
     tracker.log_input_dataset(str(data), "train", data_hash, context="training")
     tracker.log_params(
         {

@@ -129,7 +129,11 @@ def without_timings(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     """(``summary`` without wall-clock numbers, those numbers): DVC-tracked files hold no
     timings, so the same inputs give the same bytes; timings go to ``timings.json``,
     which no stage declares."""
-    timing = {k: v for k, v in summary.items() if k == "seconds" or k.startswith("seconds_")}
+    timing = {
+        k: v
+        for k, v in summary.items()
+        if k == "seconds" or k.startswith(("seconds_", "allreduce_"))
+    }
     return {k: v for k, v in summary.items() if k not in timing}, timing
 
 

@@ -137,6 +137,28 @@ class ModelInfo:
         return {str(c): np.asarray(v).tolist() for c, v in sorted(self.centres.items())}
 
 
+#: ids below this are counted with a lookup table (np.unique sorts every pixel instead)
+_LUT_IDS = 1 << 20
+
+
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)`` for non-negative integer ids, in one pass
+    over the pixels with a lookup table when the largest id is below 2**20 (Cityscapes'
+    instance ids are below 34000): 5-10x faster than sorting the pixels of a map, the
+    serving path's largest cost after the network itself."""
+    flat = np.asarray(ids).reshape(-1)
+    top = int(flat.max(initial=0))
+    if top >= _LUT_IDS or int(flat.min(initial=0)) < 0:
+        unique, inverse = np.unique(flat, return_inverse=True)
+        return unique, inverse.reshape(np.shape(ids))
+    present = np.zeros(top + 1, bool)
+    present[flat] = True
+    unique = np.flatnonzero(present).astype(flat.dtype)
+    lut = np.zeros(top + 1, np.intp)
+    lut[unique] = np.arange(len(unique))
+    return unique, lut[flat].reshape(np.shape(ids))
+
+
 def draw_features(
     instance: np.ndarray,
     centres: Mapping[int, np.ndarray],
@@ -150,7 +172,7 @@ def draw_features(
     ``np.random.default_rng([seed, id])`` draws; classes without centres get zeros."""
     choice, override = choice or {}, override or {}
     instance = np.asarray(instance)
-    ids, inverse = np.unique(instance, return_inverse=True)  # one pass over the pixels
+    ids, inverse = unique_inverse(instance)
     table = np.zeros((len(ids), feat_num), np.float32)  # each instance's feature vector
     for row, i in enumerate(ids.tolist()):
         if i in override:

@@ -175,6 +175,10 @@ class Trainer:
         self.state = TrainState()
         self._last_saved_step: int | None = None
         self._total_steps = 0
+        self._allreduce_s = 0.0  # time in the gradients' all-reduce (several ranks)
+        #: the tracking run a resumed checkpoint was logged to (``mlflow_run_id`` of its
+        #: payload): a resumed run continues it instead of opening another
+        self.resumed_run_id: str | None = None
         self.precision = resolve_precision(cfg.precision, device)
         if self.precision != cfg.precision:
             log.info("precision %s: %s on %s", cfg.precision, self.precision, device)
@@ -260,6 +264,7 @@ class Trainer:
             history=list(ckpt.get("history", [])),
         )
         self._last_saved_step = self.state.global_step
+        self.resumed_run_id = ckpt.get("mlflow_run_id") or None
 
     def _non_finite_weight(self) -> str | None:
         for net_name, net in (
@@ -331,6 +336,17 @@ class Trainer:
         )
         sampler.set_epoch(epoch)
         indices = list(sampler)[skip * self.cfg.batch_size :]
+        if self.dist.enabled:  # each rank's shard, in the node's log
+            shown = ", ".join(str(i) for i in indices[:32]) + (", ..." if len(indices) > 32 else "")
+            log.info(
+                "rank %d of %d, epoch %d%s: %d samples [%s]",
+                self.dist.rank,
+                self.dist.world_size,
+                epoch + 1,
+                f" from batch {skip + 1}" if skip else "",
+                len(indices),
+                shown,
+            )
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = epoch  # per-epoch augmentation seed
         loader = DataLoader(
@@ -381,13 +397,17 @@ class Trainer:
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         if self.dist.enabled:
+            began = time.perf_counter()
             _average_gradients(g_params, self.dist.world_size)
+            self._allreduce_s += time.perf_counter() - began
         self.scaler.step(self.opt_G)
 
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         if self.dist.enabled:
+            began = time.perf_counter()
             _average_gradients(list(self.model.netD.parameters()), self.dist.world_size)
+            self._allreduce_s += time.perf_counter() - began
         self.scaler.step(self.opt_D)
         self.scaler.update()
         self._last_fake = out.fake
@@ -447,6 +467,12 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - start
+        comm = {}
+        if self.dist.enabled:  # the gradients' all-reduce, waits for the slowest rank included
+            comm = {
+                "allreduce_seconds": round(self._allreduce_s, 2),
+                "allreduce_share": round(self._allreduce_s / max(seconds, 1e-9), 4),
+            }
         return {
             "stage": self.stage,
             "precision": self.precision,
@@ -456,4 +482,6 @@ class Trainer:
             "seconds": round(seconds, 2),
             "seconds_per_iteration": round(seconds / max(1, steps_run), 4),
             "final_losses": st.history[-1] if st.history else {},
+            "world_size": self.dist.world_size,
+            **comm,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from components.signature import PositiveInt
 from model.errors import ConfigError
 from pipelines.settings import ClusterSettings
 
@@ -67,6 +68,7 @@ def run_local(
     runner: Literal["subprocess", "docker"] = "subprocess",
     image: str | None = None,
     gpu_image: str | None = None,
+    nodes: PositiveInt = 1,
 ) -> dict[str, Any]:
     """Run the whole DAG on this machine with kfp.local.
 
@@ -80,6 +82,9 @@ def run_local(
             project image (kfp DockerRunner, host network; `make images`).
         image: --runner docker: the CPU steps' image (pix2pixhd-cpu:local).
         gpu_image: --runner docker: training's image (pix2pixhd-cuda:local).
+        nodes: --runner docker: train each stage on this many nodes, each a container
+            running the stage's TrainJob command (torchrun, c10d rendezvous, gloo), as
+            a multi-node cluster run would.
     """
     from pipelines import dag
 
@@ -93,6 +98,7 @@ def run_local(
         runner=runner,
         image=image,
         gpu_image=gpu_image,
+        nodes=nodes,
     )
 
 

@@ -71,14 +71,28 @@ def check_images(images: list[str]) -> None:
         client.close()
 
 
-def docker_runner(pipeline_root: Path, images: list[str]) -> Any:
-    """A ``kfp.local.DockerRunner`` set up as described in the module docstring."""
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_runner(pipeline_root: Path, images: list[str], engine_access: bool = False) -> Any:
+    """A ``kfp.local.DockerRunner`` set up as described in the module docstring.
+
+    ``engine_access``: the tasks also get the engine's socket (and its group), so that a
+    training task can start its nodes as sibling containers (``pipelines.local_nodes``);
+    that is root on this machine for the task: only for local multi-node runs."""
     from kfp import local
 
     check_images(images)
+    extra: dict[str, Any] = {}
+    if engine_access:
+        import docker
+
+        extra["mounts"] = [docker.types.Mount(DOCKER_SOCKET, DOCKER_SOCKET, type="bind")]
+        extra["group_add"] = [str(os.stat(DOCKER_SOCKET).st_gid)]
     return local.DockerRunner(
         network_mode="host",
         user=container_user(pipeline_root),
         working_dir=str(pipeline_root),
         environment=forwarded_env(os.environ),
+        **extra,
     )

@@ -180,8 +180,11 @@ def check_images(settings: ClusterSettings) -> None:
             )
 
 
-def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) -> Any:
-    """The pipeline function for ``params_yaml`` (text) and the cluster settings."""
+def build_pipeline(
+    params_yaml: str, settings: ClusterSettings | None = None, distributed: str | None = None
+) -> Any:
+    """The pipeline function for ``params_yaml`` (text) and the cluster settings
+    (``distributed``: the training tasks' launch settings instead of the settings')."""
     import inspect
 
     from kfp import dsl
@@ -190,7 +193,7 @@ def build_pipeline(params_yaml: str, settings: ClusterSettings | None = None) ->
     p = params_from_text(params_yaml, [])  # fail at compile time on a bad params file
     default = pipeline_defaults(p)
     components = _components(settings, default)
-    distributed = settings.distributed()
+    distributed = distributed or settings.distributed()
 
     # the pipeline's parameters: the hooks' inputs, the typed ones, tracking, overrides
     P = inspect.Parameter
@@ -270,24 +273,35 @@ def run_local(
     runner: str = "subprocess",
     image: str | None = None,
     gpu_image: str | None = None,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     """The whole DAG on this machine with kfp.local: ``runner="subprocess"`` in the
     current environment, ``"docker"`` every task in the project images (``image``, and
-    ``gpu_image`` for training; see pipelines.containers). Returns the run's state."""
+    ``gpu_image`` for training; see pipelines.containers). ``nodes`` > 1 (docker only):
+    each training stage runs as a TrainJob of that many nodes, each a container
+    (``pipelines.local_nodes``). Returns the run's state."""
     from kfp import local
 
     from pipelines import containers
+    from pipelines.settings import local_distributed
 
+    distributed = None
+    if nodes > 1 and runner != "docker":
+        from model.errors import ConfigError
+
+        raise ConfigError(f"--nodes {nodes}: several nodes need --runner docker")
     if runner == "docker":
         image = image or containers.DEFAULT_IMAGE
         gpu_image = gpu_image or containers.DEFAULT_GPU_IMAGE
-        kfp_runner = containers.docker_runner(pipeline_root, [image, gpu_image])
+        kfp_runner = containers.docker_runner(pipeline_root, [image, gpu_image], nodes > 1)
+        if nodes > 1:
+            distributed = local_distributed(nodes, gpu_image, str(pipeline_root))
     else:
         image = gpu_image = LOCAL_IMAGE
         kfp_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=kfp_runner, pipeline_root=str(pipeline_root))
     settings = ClusterSettings(image=image, gpu_image=gpu_image, s3_secret="", gpus=1)
-    pipeline = build_pipeline(resolved_yaml(params_file), settings)
+    pipeline = build_pipeline(resolved_yaml(params_file), settings, distributed)
     # expected here, once per task: the project image is this environment, and cluster
     # resources do not apply to local subprocesses
     warnings.filterwarnings("ignore", message="You may be attemping to run a task")

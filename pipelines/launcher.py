@@ -67,7 +67,11 @@ def train_task(
             return call()
         return _resuming(values, call, given, Path(dist["checkpoint_dir"]), task.name)
     out = Path(values["out"].path)
-    if nodes > 1:
+    if nodes > 1 and dist.get("engine") == "docker":  # this machine's containers as nodes
+        # the nodes mount the pipeline root at the same path: the artifacts' own paths
+        # (restarted workers resume from the checkpoint in the output)
+        _run_job(given["stage"], train_argv(task, params, {**given, "resume": True}), dist)
+    elif nodes > 1:
         if not s3_uri(values["out"].uri).startswith("s3://"):
             raise RuntimeError(
                 f"multi-node training needs artifacts in object storage; got {values['out'].uri}"
@@ -80,6 +84,7 @@ def train_task(
             uri = s3_uri(values[arg].uri)
             remote[arg] = f"{uri}/{file}" if file else uri
         remote["out"] = s3_uri(values["out"].uri) + "/job"
+        remote["resume"] = True  # a restarted node's workers continue from the checkpoint
         _run_job(given["stage"], train_argv(task, params, remote), dist)
         storage.download(remote["out"] + "/", out)  # what the job wrote, into the artifact
     else:  # every GPU of this pod
@@ -112,13 +117,16 @@ def _resuming(
     return result
 
 
-def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:
+def job_spec(stage: str, args: list[str], dist: dict[str, Any]) -> Any:
+    """The Trainer job of a training stage (``pipelines.trainjob.JobSpec``): its
+    ``pix2pixhd`` arguments, the compile-time launch settings ``dist`` and the storage,
+    tracking and pipeline variables of this process."""
     from pipelines import trainjob
 
     names = ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "PIX2PIXHD_PIPELINE_RUN")
     env = {k: os.environ[k] for k in names if k in os.environ}
     name = re.sub(r"[^a-z0-9-]", "-", f"p2phd-{stage}-{uuid.uuid4().hex[:8]}")
-    spec = trainjob.JobSpec(
+    return trainjob.JobSpec(
         name=name,
         image=dist["image"],
         args=args,
@@ -127,5 +135,22 @@ def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:
         namespace=dist.get("namespace", "kubeflow"),
         env=env,
         secret_env=dist.get("secret", ""),
+        max_restarts=int(dist.get("max_restarts", 3)),
     )
+
+
+def _run_job(stage: str, args: list[str], dist: dict[str, Any]) -> None:
+    from pipelines import trainjob
+
+    spec = job_spec(stage, args, dist)
+    if dist.get("engine") == "docker":
+        from pipelines import local_nodes
+
+        local_nodes.run(
+            trainjob.render(spec, "trainjob"),
+            mounts=[Path(dist["mount"])],
+            user=f"{os.getuid()}:{os.getgid()}",
+            backoff_limit=int(dist.get("backoff_limit", 3)),
+        )
+        return
     trainjob.launch(spec, dist.get("engine", "trainjob"))

@@ -64,3 +64,20 @@ class ClusterSettings:
                 "secret": self.s3_secret,
             }
         )
+
+
+def local_distributed(num_nodes: int, image: str, mount: str, backoff_limit: int = 3) -> str:
+    """The training tasks' launch settings of ``pipeline run --local --runner docker
+    --nodes N``: each stage a TrainJob whose N nodes are containers of this machine's
+    Docker engine (``pipelines.local_nodes``), mounting the pipeline root ``mount``; a
+    lost node is started again up to ``backoff_limit`` times (JSON)."""
+    return json.dumps(
+        {
+            "num_nodes": num_nodes,
+            "gpus_per_node": 1,
+            "engine": "docker",
+            "image": image,
+            "mount": mount,
+            "backoff_limit": backoff_limit,
+        }
+    )

@@ -1,8 +1,13 @@
 """Multi-node training on an existing engine: Kubeflow Trainer v2 ``TrainJob`` (runtime
 ``torch-distributed``) or, for clusters still on the Training Operator v1, a
-``PyTorchJob``. Same image, same ``pix2pixhd train`` command: the engine starts it under
-torchrun on N nodes x G GPUs, and the step's ``RANK``/``WORLD_SIZE`` handling
-(``components.train``) does the rest.
+``PyTorchJob``. Same image, same ``pix2pixhd train`` command, under torchrun on every
+node (:func:`torchrun_args`): c10d rendezvous at the endpoint the engine gives the pods,
+``--max-restarts`` restarts of the node's workers when a peer is lost, and ``train
+--resume`` so that restarted workers continue from the last checkpoint. The step's
+``RANK``/``WORLD_SIZE`` handling (``components.train``) does the rest.
+
+Locally, ``pipelines.local_nodes`` runs a rendered TrainJob's nodes as containers of the
+Docker engine (``pipeline run --local --runner docker --nodes 2``).
 
 The pipeline's training task calls :func:`launch`: it renders the manifest, creates it
 with the Kubernetes API and waits for the job to succeed or fail. Rendering is pure and
@@ -40,12 +45,33 @@ class JobSpec:
     memory: str = "64Gi"
     shm_size: str = "16Gi"  # PyTorchJob: memory-backed /dev/shm for data loader workers
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    # torchrun's restarts of a node's workers after a failure (a lost peer included): each
+    # restart re-forms the rendezvous and resumes from the last checkpoint
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or len(self.name) > 63:
             raise ValueError(f"job name {self.name!r}: expected a DNS-1123 label (a-z0-9-)")
         if self.num_nodes < 1 or self.gpus_per_node < 0:
             raise ValueError("num_nodes must be >= 1 and gpus_per_node >= 0")
+
+
+def torchrun_args(spec: JobSpec, endpoint: str) -> list[str]:
+    """torchrun's arguments on every node of the job: ``nnodes`` nodes of
+    ``nproc-per-node`` workers, meeting at the c10d rendezvous ``endpoint`` (the job's
+    first node: the engine's address variables, expanded by Kubernetes as ``$(VAR)``),
+    then ``python -m pix2pixhd`` with the step's arguments."""
+    return [
+        f"--nnodes={spec.num_nodes}",
+        f"--nproc-per-node={max(1, spec.gpus_per_node)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={spec.name}",
+        f"--max-restarts={spec.max_restarts}",
+        "-m",
+        "pix2pixhd",
+        *spec.args,
+    ]
 
 
 def _resources(spec: JobSpec) -> dict[str, Any]:
@@ -55,8 +81,16 @@ def _resources(spec: JobSpec) -> dict[str, Any]:
     return {"requests": dict(limits), "limits": limits}
 
 
+#: set on every node. torchrun's agents share one TCP store between rendezvous rounds by
+#: default, and then a node that stays rank 0 does not publish the new round's master
+#: address: a replaced node waits for it until the rendezvous times out (torch 2.14,
+#: tests/containers/test_multinode.py). Without the sharing each round publishes it.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def _env(spec: JobSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted(spec.env.items())]
+    values = {**TORCHRUN_ENV, **spec.env}
+    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted(values.items())]
     if spec.secret_env:  # S3 credentials from the Secret, never in the manifest
         env += [
             {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.secret_env, "key": key}}}
@@ -73,15 +107,14 @@ def trainjob_manifest(spec: JobSpec) -> dict[str, Any]:
     TrainJob keeps to the fields every v1alpha1 release accepts."""
     trainer: dict[str, Any] = {
         "image": spec.image,
-        "command": ["pix2pixhd"],
-        "args": list(spec.args),
+        "command": ["torchrun"],
+        # the torch runtime sets PET_MASTER_ADDR / PET_MASTER_PORT: node 0's address
+        "args": torchrun_args(spec, "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"),
         "numNodes": spec.num_nodes,
         "numProcPerNode": max(1, spec.gpus_per_node),
         "resourcesPerNode": _resources(spec),
     }
-    env = _env(spec)
-    if env:
-        trainer["env"] = env
+    trainer["env"] = _env(spec)
     return {
         "apiVersion": f"{TRAINJOB[0]}/{TRAINJOB[1]}",
         "kind": TRAINJOB[3],
@@ -98,14 +131,13 @@ def pytorchjob_manifest(spec: JobSpec) -> dict[str, Any]:
         container: dict[str, Any] = {
             "name": "pytorch",
             "image": spec.image,
-            "command": ["pix2pixhd"],
-            "args": list(spec.args),
+            "command": ["torchrun"],
+            # the operator sets MASTER_ADDR / MASTER_PORT: the Master pod's address
+            "args": torchrun_args(spec, "$(MASTER_ADDR):$(MASTER_PORT)"),
             "resources": _resources(spec),
             "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         }
-        env = _env(spec)
-        if env:
-            container["env"] = env
+        container["env"] = _env(spec)
         pod: dict[str, Any] = {
             "containers": [container],
             "volumes": [

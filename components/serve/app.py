@@ -254,6 +254,8 @@ def _styles(value: Any) -> dict[int, int]:
 
 
 def _check_styles(engine: Engine, instance: np.ndarray | None, styles: dict[int, int]) -> None:
+    if not styles:
+        return
     present = set() if instance is None else set(np.unique(instance).tolist())
     for inst, k in styles.items():
         cls = class_of(inst)

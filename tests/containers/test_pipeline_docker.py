@@ -62,3 +62,22 @@ def test_dag_in_containers_scores_equal_the_subprocess_runs(images, tmp_path, mo
     decision = json.loads((docker_run / "promote" / "out" / "decision.json").read_text())
     assert decision["promoted"] is True
     assert (docker_run / "export" / "out" / "model.onnx").stat().st_size > 10_000
+
+
+def test_dag_with_two_node_training_in_containers(images, tmp_path, monkeypatch):
+    """`pipeline run --local --runner docker --nodes 2`: each training stage runs as its
+    TrainJob's two nodes (containers started by the training task), and the DAG goes on
+    from what rank 0 wrote."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "nodes"
+    args = ["pipeline", "run", "--local", "--runner", "docker", "--pipeline-root", str(root)]
+    args += ["--image", images["cpu"], "--gpu-image", images["cpu"], "--nodes", "2"]
+    for a in (*TINY_PIPELINE_ARGS, f"tracking_uri=sqlite:///{root}/mlflow.db"):
+        args += ["--arg", a]
+    assert main(args) == 0
+    run = next(p for p in root.iterdir() if p.is_dir() and p.name.startswith("pix2pixhd"))
+    for stage in ("train-global", "train-local"):
+        summary = json.loads((run / stage / "out" / "summary.json").read_text())
+        assert summary["world_size"] == 2, stage
+    decision = json.loads((run / "promote" / "out" / "decision.json").read_text())
+    assert decision["promoted"] is True

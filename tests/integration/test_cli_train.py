@@ -74,7 +74,10 @@ def _cli(args, env=None):
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
     args = ["train", "--stage", "global", "--data", data, "--no-tracking", *_sets()]
     full = _cli([*args, "--out", tmp_path / "full"])
-    victim = _cli([*args, "--out", tmp_path / "killed"])
+    # the interrupted run logs to MLflow: its resumed attempt must go on in the same run
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = [a for a in args if a != "--no-tracking"] + ["--tracking-uri", store]
+    victim = _cli([*tracked, "--out", tmp_path / "killed"])
     ckpt = tmp_path / "killed" / "latest.pth"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
@@ -84,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
     assert victim.returncode == -signal.SIGKILL
     state = load_checkpoint(ckpt)
     assert 0 < state["global_step"] < 36 and state["batch_in_epoch"] > 0  # mid-epoch
-    resumed = _cli([*args, "--out", tmp_path / "killed", "--resume"])
+    resumed = _cli([*tracked, "--out", tmp_path / "killed", "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert full.wait(timeout=300) == 0, full.stderr.read()
     a = load_checkpoint(tmp_path / "full" / "latest.pth")
@@ -99,6 +102,17 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
         for line in (tmp_path / "killed" / "losses.csv").read_text().splitlines()[1:]
     ]
     assert steps == [str(i) for i in range(1, 37)]
+    # ... and so has MLflow: one run, finished, each step's losses logged once
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "attributes.run_name = 'train_global'",
+    )
+    assert run.info.status == "FINISHED"
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "G_total")]
+    assert sorted(logged) == list(range(1, 37)), logged
 
 
 def test_global_local_features_generate_with_mlflow(data, tmp_path, monkeypatch, mlflow_uri):

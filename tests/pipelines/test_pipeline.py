@@ -103,11 +103,14 @@ def test_trainjob_manifest_2x8_round_trips_through_the_api_models():
     assert manifest["spec"]["runtimeRef"] == {"name": "torch-distributed"}
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 8
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
-    assert trainer["command"] == ["pix2pixhd"] and trainer["args"][:3] == [
-        "train",
-        "--stage",
-        "local",
-    ]
+    # torchrun on every node: c10d rendezvous at node 0's address (the runtime's variables,
+    # expanded by Kubernetes), then the step's own command line
+    assert trainer["command"] == ["torchrun"]
+    args = trainer["args"]
+    assert "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" in args
+    assert {"--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d"} <= set(args)
+    at = args.index("-m")
+    assert args[at : at + 5] == ["-m", "pix2pixhd", "train", "--stage", "local"]
     secret = [e for e in trainer["env"] if "valueFrom" in e]
     assert {e["name"] for e in secret} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert "testing" not in json.dumps(manifest)  # no credential values in the manifest
@@ -123,6 +126,9 @@ def test_pytorchjob_manifest_2x8_round_trips_through_the_api_models():
     replicas = manifest["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
     assert manifest["spec"]["nprocPerNode"] == "8"
+    container = replicas["Master"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["torchrun"]
+    assert "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)" in container["args"]
     pod = replicas["Worker"]["template"]
     assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
     assert pod["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"

@@ -64,7 +64,15 @@ def test_a_senseless_override_is_refused(setting, tmp_path, capsys):
     assert setting.split("=")[0].split(".")[-1] in err
 
 
-def test_init_and_resume_contradict(tmp_path, capsys):
+def test_resume_without_a_checkpoint_yet_starts_from_init(tmp_path, capsys):
+    """--resume with --init (a restartable job's command line): nothing to resume in OUT
+    yet, so --init is used, and a missing one is named."""
     argv = ["train", "--stage", "local", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    err = _refused(capsys, [*argv, "--init", str(tmp_path / "g.pth"), "--resume"])
-    assert "--init and --resume" in err
+    synth_dir = tmp_path / "d"
+    small = ["data.num_train=2", "data.num_val=1", "data.width=128", "data.height=64"]
+    assert main(["data", "synth", "--out", str(synth_dir), *(f"--set={s}" for s in small)]) == 0
+    capsys.readouterr()
+    argv[argv.index(str(tmp_path))] = str(synth_dir)
+    sets = [f"--set={s}" for s in (*small, "model.loss.use_vgg_loss=false")]
+    err = _refused(capsys, [*argv, *sets, "--init", str(tmp_path / "g.pth"), "--resume"])
+    assert "g.pth" in err

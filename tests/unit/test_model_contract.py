@@ -23,6 +23,7 @@ from model.model_contract import (
     pad_to,
     to_rgb,
     to_uint8,
+    unique_inverse,
 )
 
 CENTRES = {
@@ -173,3 +174,21 @@ def test_feeds_are_padded_to_the_graph_size_and_checked():
         onnx_feeds(info, label)
     with pytest.raises(InputError, match="differs from label"):
         onnx_feeds(info, label, inst[..., :1])
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.random.default_rng(0).integers(0, 40000, (64, 96)),  # Cityscapes-like ids
+        np.random.default_rng(1).integers(0, 40000, (32, 48)).astype(np.uint16),
+        np.array([[7, 7], [0, 3]]),
+        np.array([[2**40, 3], [3, 0]]),  # beyond the lookup table: np.unique's path
+        np.zeros((0, 4), np.int64),
+    ],
+)
+def test_unique_inverse_is_numpys(ids):
+    unique, inverse = unique_inverse(ids)
+    expected, expected_inverse = np.unique(ids, return_inverse=True)
+    assert unique.dtype == expected.dtype and np.array_equal(unique, expected)
+    assert np.array_equal(inverse, expected_inverse.reshape(ids.shape))
+    assert np.array_equal(unique[inverse], ids)
