@@ -3,9 +3,10 @@ engine, as the Trainer's torch runtime would start it in the cluster.
 
 What the runtime supplies is supplied here: ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
 ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` / ``PET_MASTER_PORT`` (node 0 on the host network,
-a free port), an address of each node's own (``PET_LOCAL_ADDR``, a loopback address), with the manifest's ``$(VAR)`` references expanded by the Kubernetes rule.
-The command, arguments, image and environment are the manifest's own
-(``pipelines.trainjob``): the local run exercises the path the cluster takes.
+a free port) and an address of each node's own (``PET_LOCAL_ADDR``, on the loopback
+network), with the manifest's ``$(VAR)`` references expanded by the Kubernetes rule. The
+command, arguments, image and environment are the manifest's own (``pipelines.trainjob``):
+the local run exercises the path the cluster takes.
 
 A node whose container exits non-zero is a lost node. While the job's ``backoff_limit``
 allows, it is started again (a replaced pod); torchrun on the surviving nodes restarts
