@@ -10,6 +10,7 @@ One run measures, on the same cores and one after another (each case alone):
    (bundled-style street scenes as label + instance PNGs, ``POST /v1/generate``):
    throughput, p50/p95/p99 and the server's peak memory (VmHWM);
 3. **workers**: the service with ``--workers`` 1, 2, 3 and 4 at the highest concurrency
+   (or ``--workers-at``)
    (adding workers must not lower throughput);
 4. **mlflow**: the same model logged as the project's pyfunc model
    (``components.export.log_servable_model``) behind ``mlflow models serve --env-manager
@@ -216,7 +217,7 @@ Send = Callable[[Any, int], Awaitable[int]]
 
 async def load(send: Send, requests: int, concurrency: int) -> dict[str, Any]:
     """``requests`` calls of ``send(client, i)`` (-> HTTP status), ``concurrency`` at once,
-    after one warm-up call per connection."""
+    after one warm-up call."""
     import httpx
 
     latencies: list[float] = []
@@ -233,7 +234,7 @@ async def load(send: Send, requests: int, concurrency: int) -> dict[str, Any]:
                 latencies.append(time.perf_counter() - t)
                 statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(one(-1 - i) for i in range(concurrency)))  # warm-up
+        await one(-1)  # warm-up (the model's first run), not counted
         latencies.clear()
         statuses.clear()
         start, cpu = time.perf_counter(), time.process_time()
@@ -406,6 +407,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0, help="target seconds per case")
     p.add_argument("--serve-flags", default="", help="flags for pix2pixhd serve (default none)")
     p.add_argument("--skip", default="", help="comma-separated: engine, workers, mlflow")
+    p.add_argument("--workers-at", type=int, help="the workers sweep's concurrency (highest)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     p.add_argument("--tables", nargs="+", type=Path, help="print Markdown tables of results")
@@ -497,7 +499,7 @@ def main() -> None:
                         server,
                         f"http://127.0.0.1:{port}",
                         pix2pixhd_sender(width, height),
-                        levels[-1:],
+                        [args.workers_at or levels[-1]],
                         best,
                         args.seconds,
                     )

@@ -64,7 +64,7 @@ def _stale(path: Path, source: str) -> str | None:
     from model.onnx_integrity import load_verified
 
     try:
-        proto, _ = load_verified(path)
+        proto = load_verified(path)
     except InputError as exc:
         return str(exc).split(": ", 1)[-1]
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -321,7 +321,7 @@ def _export_graphs(
         name = out.stem + "_fp16.onnx"
         export_onnx(model, staged.path(name), fp16=True, cluster_centers=centres)
         summary["onnx_fp16"] = str(out.with_name(name))
-    summary["onnx_sha256"] = graph_hash(load_verified(graph)[0])
+    summary["onnx_sha256"] = graph_hash(load_verified(graph))
     if quantize == "int8":
         from components.quantize import calibration_feeds, quantize_int8
         from components.quantize import max_diff as int8_diff
@@ -494,7 +494,7 @@ def _log_and_register(
                     "checkpoint_sha256": ckpt_sha,
                     **link,
                     "content_sha256": str(ckpt.get("content_sha256") or ""),
-                    "onnx_sha256": graph_hash(load_verified(onnx_path)[0]),
+                    "onnx_sha256": graph_hash(load_verified(onnx_path)),
                     "serving_format": SERVING_FORMAT,
                     "evaluate_run_id": str(evaluated.get("run_id") or ""),
                 },

@@ -872,7 +872,7 @@ def test_flipped_bytes_in_onnx_weights_name_the_file(where, onnx_file, tmp_path)
 
     path = tmp_path / "m.onnx"
     path.write_bytes(onnx_file.read_bytes())
-    proto, raw = load_verified(path)  # intact: verifies
+    proto, raw = load_verified(path), path.read_bytes()  # intact: verifies
     init = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
     at = raw.find(init.raw_data)
     assert at > 0
