@@ -67,13 +67,41 @@ def train_on(nodes: int, root: Path, image: str, batch: int) -> dict[str, Any]:
     return row
 
 
+def table(result: dict[str, Any]) -> str:
+    """The page's Markdown table of a result."""
+    one = result["runs"][0]["images_per_s"]
+    out = [
+        "| nodes | batch per node | iterations | training loop | images/s | all-reduce share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        speed = f"{r['images_per_s']:.1f}" + (
+            f" ({r['images_per_s'] / one:.2f}x)" if r["nodes"] > 1 else ""
+        )
+        share = (
+            f"{r['allreduce_share'] * 100:.0f}% ({r['allreduce_seconds']:.2f} s)"
+            if "allreduce_share" in r
+            else "-"
+        )
+        out.append(
+            f"| {r['nodes']} | {r['batch_per_node']} | {r['iterations']} | "
+            f"{r['seconds']:.2f} s | {speed} | {share} |"
+        )
+    out.append(f"\nLoad average before the run: {result['load_average_before']}.")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image", default="pix2pixhd-cpu:local")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--batch", type=int, default=4, help="the global batch (even; the demo's 4)")
     p.add_argument("--out", type=Path)
+    p.add_argument("--table", type=Path, help="print the Markdown table of a result file")
     args = p.parse_args()
+    if args.table:
+        sys.stdout.write(table(json.loads(args.table.read_text())))
+        return
     from components import synth
     from components.params import load_params
     from pipelines.containers import container_user
@@ -103,6 +131,7 @@ def main() -> None:
     }
     text = json.dumps(result, indent=2)
     print(text)
+    print(table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

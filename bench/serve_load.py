@@ -389,6 +389,48 @@ def tables(paths: list[Path]) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot(docs: list[dict[str, Any]], out: Path) -> None:
+    """Throughput and p50/p99 by concurrency, pix2pixhd serve against mlflow models
+    serve, one column per result file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(docs), figsize=(10, 6.4))
+    for col, d in enumerate(docs):
+        best = d["engine_best_batch1"]
+        servers = (
+            ("pix2pixhd serve", d["service"]["levels"], "C0"),
+            ("mlflow models serve", d.get("mlflow", {}).get("levels", []), "C1"),
+        )
+        top, bottom = axes[0][col], axes[1][col]
+        for name, levels, colour in servers:
+            c = [r["concurrency"] for r in levels]
+            top.plot(c, [r["throughput_rps"] for r in levels], "o-", color=colour, label=name)
+            for key, style in (("p50_ms", "o-"), ("p99_ms", "^--")):
+                values = [r[key] / 1000 for r in levels]
+                bottom.plot(c, values, style, color=colour, label=f"{name} {key[:3]}")
+        top.axhline(best, color="k", ls=":", lw=1, label="engine, tight loop")
+        top.set_title(f"{d['size']}: requests per second", fontsize=9)
+        bottom.set_title(f"{d['size']}: latency (s)", fontsize=9)
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+            ax.set_xlabel("concurrent clients", fontsize=8)
+            ax.grid(alpha=0.3)
+        top.set_ylim(bottom=0)
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=7)
+    fig.suptitle(
+        "Serving on 2 cores (bench/serve_load.py, 2026-12-05, random weights, ONNX Runtime)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -411,9 +453,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     p.add_argument("--tables", nargs="+", type=Path, help="print Markdown tables of results")
+    p.add_argument("--plot", type=Path, help="with --tables: also draw them (PNG)")
     args = p.parse_args()
     if args.tables:
         sys.stdout.write(tables(args.tables))
+        if args.plot:
+            plot([json.loads(Path(p).read_text()) for p in args.tables], args.plot)
         return
     if args.one:
         onnx, w, h, streams, threads, batch, seconds = args.one

@@ -3,9 +3,9 @@
 - losses.png: the demo's training losses, from data/train_global/losses.csv and
   data/train_local/losses.csv (DVC outputs of `make demo`; skipped, keeping the
   committed figure, when absent);
-- ablation.png, ort_vs_torch.png, serve_load.png: the benchmark tables, from the small
-  CSV files in docs/data/ (each names its source: the commit and the machine the figures
-  were measured at).
+- ablation.png, ort_vs_torch.png: the benchmark tables, from the small CSV files in
+  docs/data/ (each names its source: the commit and the machine the figures were
+  measured at). serve_load.png is drawn by bench/serve_load.py itself (--tables).
 
 Run by hand after a new measurement or demo run: `python docs/gen_plots.py`
 (matplotlib comes with mlflow in the `mlops` extra). `make docs` does not run it, so the
@@ -137,34 +137,6 @@ def ort_vs_torch(out: Path) -> None:
     plt.close(fig)
 
 
-def serve_load(out: Path) -> None:
-    data = rows(DATA / "serve_load.csv")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.25
-    for k, (key, name) in enumerate((("p50_s", "p50"), ("p95_s", "p95"), ("p99_s", "p99"))):
-        values = [float(r[key]) for r in data]
-        ax.bar([i + (k - 1) * width for i in range(len(data))], values, width, label=name)
-    ax.set_yscale("log")
-    ax.set_ylabel("latency (s, log scale)")
-    ax.set_xticks(
-        range(len(data)),
-        [
-            f"{r['model']} {r['size']}\nconcurrency {r['concurrency']}, {r['throughput_rps']} req/s"
-            for r in data
-        ],
-        fontsize=8,
-    )
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(
-        "pix2pixhd serve under load (bench/serve_load.py, e724c55)\n"
-        "measured on a shared machine (load average 16-19): being re-measured",
-        fontsize=9,
-    )
-    fig.savefig(out, **SAVE)
-    plt.close(fig)
-
-
 def main() -> int:
     PLOTS.mkdir(exist_ok=True)
     if losses(PLOTS / "losses.png"):
@@ -172,7 +144,6 @@ def main() -> int:
     for name, draw in (
         ("ablation", ablation),
         ("ort_vs_torch", ort_vs_torch),
-        ("serve_load", serve_load),
     ):
         draw(PLOTS / f"{name}.png")
         sys.stdout.write(f"{PLOTS / f'{name}.png'}\n")
