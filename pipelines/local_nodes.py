@@ -109,6 +109,10 @@ class Trainer:
             # rendezvous would take them for one node. A pod has an address of its own;
             # here each node gets one of the loopback network (127.0.0.0/8).
             "PET_LOCAL_ADDR": f"127.0.0.{rank + 1}",
+            # every node matches a loopback endpoint, and the first to bind it would host
+            # the rendezvous store; in a cluster node 0, whose address the endpoint is,
+            # hosts it: so here too (losing another node then never loses the store)
+            "PET_RDZV_CONF": f"is_host={1 if rank == 0 else 0}",
         }
 
     def node_command(self, env: Mapping[str, str]) -> list[str]:

@@ -45,6 +45,8 @@ def test_each_node_gets_the_runtime_variables_and_the_manifest_command():
     assert t.env["AWS_ACCESS_KEY_ID"] == "id" and "AWS_SECRET_ACCESS_KEY" not in t.env
     env = t.node_env(1, 29555)
     assert env["PET_NODE_RANK"] == "1" and env["PET_NNODES"] == "2"
+    # node 0 hosts the rendezvous store, as the owner of the endpoint's address would
+    assert env["PET_RDZV_CONF"] == "is_host=0" and t.node_env(0, 1)["PET_RDZV_CONF"] == "is_host=1"
     cmd = t.node_command(env)
     assert cmd[0] == "torchrun" and "--rdzv-endpoint=127.0.0.1:29555" in cmd
     assert cmd[cmd.index("-m") + 1 :][:4] == ["pix2pixhd", "train", "--stage", "global"]
