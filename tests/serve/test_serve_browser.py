@@ -15,15 +15,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import REACH, far_from
+from tests.serve.conftest import REACH, far_from, wait_ready
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -54,17 +52,12 @@ def start(serve_model, tmp_path, *extra: str):
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-        time.sleep(0.2)
+    try:
+        with open(tmp_path / "serve.log") as out:
+            wait_ready(url, proc, out)
+    except AssertionError:
+        proc.kill()
+        raise
     yield url
     proc.terminate()
     assert proc.wait(20) == 0  # SIGTERM: a clean stop
