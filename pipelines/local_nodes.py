@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 @dataclass
-class Trainer:
+class TrainerSpec:
     """What a node runs, read from a TrainJob manifest."""
 
     name: str
@@ -66,7 +66,7 @@ class Trainer:
     nproc_per_node: int
 
     @classmethod
-    def of(cls, manifest: Mapping[str, Any], environ: Mapping[str, str]) -> Trainer:
+    def of(cls, manifest: Mapping[str, Any], environ: Mapping[str, str]) -> TrainerSpec:
         """The trainer of a TrainJob; env entries from a Secret take this process's
         variables of the same name (locally, credentials live in the environment)."""
         if manifest.get("kind") != "TrainJob":
@@ -148,7 +148,7 @@ class LocalJob:
     ) -> None:
         import os
 
-        self.trainer = Trainer.of(manifest, os.environ if environ is None else environ)
+        self.trainer = TrainerSpec.of(manifest, os.environ if environ is None else environ)
         self.mounts = [str(Path(m)) for m in mounts]
         self.user, self.backoff_limit = user, backoff_limit
         self.port = free_port()

@@ -57,7 +57,7 @@ from components.serve.maps import (
 from model.editing import apply_edits
 from model.errors import InputError
 from model.labels import LABELS
-from model.model_contract import class_of
+from model.model_contract import class_of, unique_inverse
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _styles(value: Any) -> dict[int, int]:
 def _check_styles(engine: Engine, instance: np.ndarray | None, styles: dict[int, int]) -> None:
     if not styles:
         return
-    present = set() if instance is None else set(np.unique(instance).tolist())
+    present = set() if instance is None else set(unique_inverse(instance)[0].tolist())
     for inst, k in styles.items():
         cls = class_of(inst)
         n = len(engine.info.centres.get(cls, ()))

@@ -7,7 +7,7 @@ import pytest
 
 from model.errors import Pix2PixHDError
 from pipelines import trainjob
-from pipelines.local_nodes import Trainer, expand
+from pipelines.local_nodes import TrainerSpec, expand
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def _manifest():
 
 
 def test_each_node_gets_the_runtime_variables_and_the_manifest_command():
-    t = Trainer.of(_manifest(), {"AWS_ACCESS_KEY_ID": "id"})
+    t = TrainerSpec.of(_manifest(), {"AWS_ACCESS_KEY_ID": "id"})
     assert t.num_nodes == 2 and t.nproc_per_node == 1
     # a Secret's variable comes from this environment when it is there, else not at all
     assert t.env["AWS_ACCESS_KEY_ID"] == "id" and "AWS_SECRET_ACCESS_KEY" not in t.env
@@ -56,4 +56,4 @@ def test_each_node_gets_the_runtime_variables_and_the_manifest_command():
 def test_a_pytorchjob_is_refused_with_one_line():
     spec = trainjob.JobSpec(name="x", image="i", args=[], num_nodes=2)
     with pytest.raises(Pix2PixHDError, match="local nodes run TrainJob manifests"):
-        Trainer.of(trainjob.render(spec, "pytorchjob"), {})
+        TrainerSpec.of(trainjob.render(spec, "pytorchjob"), {})
