@@ -60,10 +60,12 @@ $(DOCS_STAMP): $(STAMP) setup.cfg
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
+# The benchmarks that need no demo outputs, their tables and plots published into docs/
+# (see docs/benchmarks/); one at a time, on a quiet machine
 bench: setup
-	$(BIN)/python bench/generation.py
-	$(BIN)/python bench/training.py --variants fp32,fp32+channels_last
-	$(BIN)/python bench/ort_vs_torch.py
+	$(BIN)/python bench/ort_vs_torch.py --rounds 2 --repeats 1 --ort project,default,project+spinning --publish
+	$(BIN)/python bench/training.py --variants fp32,fp32+channels_last --publish
+	$(BIN)/python bench/crop_memory.py --publish
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -8,8 +8,12 @@ crops); on this CPU the same model is measured at a quarter of the side (512x256
 frame vs 256x256 and 128x128 crops) so that one iteration fits in minutes. Each case
 runs in its own process so its peak RSS is its own.
 
+``--publish`` writes the table (with the fixed part and the per-pixel slope of a least
+squares line through the measured points, and the reference's sizes extrapolated along
+it) and the plot into the docs (``bench/common.py``).
+
 Usage: python bench/crop_memory.py [--cases 512x256,256x256,128x128] [--threads 2]
-       [--out bench/results/crop_memory.json]
+       [--out bench/results/crop_memory.json] [--publish]
 """
 
 from __future__ import annotations
@@ -19,7 +23,20 @@ import json
 import time
 from pathlib import Path
 
-from common import peak_rss_mb, run_case, write_results
+from common import (
+    add_publish_arguments,
+    peak_rss_mb,
+    provenance,
+    publish,
+    pyplot,
+    render,
+    run_case,
+    save_figure,
+    write_results,
+)
+
+NAME = "crop_memory"  # docs/data/NAME.{json,md}, docs/plots/NAME.png
+REFERENCE = {"1024x1024 crop": 1024 * 1024, "2048x1024 full frame": 2048 * 1024}
 
 
 def one(size: str, threads: int) -> dict:
@@ -64,7 +81,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/crop_memory.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    add_publish_arguments(parser, NAME)
     args = parser.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table, figure))))
+        return
+    prov = provenance()
     if args.one:
         print(json.dumps(one(args.one, args.threads)))
         return
@@ -79,6 +101,73 @@ def main() -> None:
             flush=True,
         )
     write_results(args.out, results, machine=False)
+    if args.publish:
+        print("\n".join(map(str, publish(NAME, prov, results, table, figure))))
+
+
+def fit(results: list[dict]) -> tuple[float, float]:
+    """Least squares peak RSS (MB) = fixed + slope * pixels over the measured cases."""
+    import numpy as np
+
+    x = np.array([r["pixels"] for r in results], float)
+    y = np.array([r["peak_rss_mb"] for r in results], float)
+    slope, fixed = np.polyfit(x, y, 1)
+    return float(fixed), float(slope)
+
+
+def table(results: list[dict]) -> str:
+    out = [
+        "| input (W x H) | pixels | peak RSS | RSS with the model built | s / iteration |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["pixels"]):
+        out.append(
+            f"| {r['input']} | {r['pixels']:,} | {r['peak_rss_mb'] / 1024:.2f} GB "
+            f"| {r['rss_after_model_mb'] / 1024:.2f} GB | {r['seconds_per_iteration']} |"
+        )
+    if len(results) >= 2:
+        fixed, slope = fit(results)
+        for name, pixels in REFERENCE.items():
+            out.append(
+                f"| {name} (extrapolated) | {pixels:,} | ~{(fixed + slope * pixels) / 1024:.1f} GB "
+                "| | |"
+            )
+        out += [
+            "",
+            f"Least squares line through the measured points: {fixed / 1024:.2f} GB fixed "
+            f"+ {slope * 1024:.2f} KB per pixel.",
+        ]
+    return "\n".join(out)
+
+
+def figure(results: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    xs = [r["pixels"] / 1e6 for r in results]
+    ax.plot(xs, [r["peak_rss_mb"] / 1024 for r in results], "o", label="measured")
+    if len(results) >= 2:
+        fixed, slope = fit(results)
+        top = max(REFERENCE.values())
+        ax.plot(
+            [0, top / 1e6],
+            [fixed / 1024, (fixed + slope * top) / 1024],
+            "--",
+            lw=1,
+            label="least squares line",
+        )
+        for name, pixels in REFERENCE.items():
+            y = (fixed + slope * pixels) / 1024
+            ax.plot([pixels / 1e6], [y], "x", color="C3")
+            ax.annotate(
+                name, (pixels / 1e6, y), fontsize=7, xytext=(-60, 6), textcoords="offset points"
+            )
+    ax.set_xlabel("input pixels (millions)")
+    ax.set_ylabel("peak RSS (GB)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("One local-stage training iteration, 1024p model, batch 1, fp32 (CPU)", fontsize=9)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ and numpy only. Engines alternate (ABAB...) ``--rounds`` times, each process tim
 ``--repeats`` runs after a warm-up, so ratios come from one run; both start from raw
 label ids (encoding included) and write their output, compared at the end (max |diff|).
 
+``--publish`` writes the table and the plot (seconds and peak RSS by size) into the
+docs (``bench/common.py``).
+
 Usage: python bench/ort_vs_torch.py [--configs demo,global_1024,local_2048] [--rounds 2]
-           [--repeats 2] [--threads 2] [--ort project,default] [--out FILE.json]
+           [--repeats 2] [--threads 2] [--ort project,default] [--out FILE.json] [--publish]
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_publish_arguments, provenance, publish, pyplot, render, save_figure
+
 ROOT = Path(__file__).resolve().parent.parent
+NAME = "ort_vs_torch"  # docs/data/NAME.{json,md}, docs/plots/NAME.png
 CONFIGS = {
     "demo": dict(params=True, size=(128, 256)),
     "global_1024": dict(ngf=64, n_local_enhancers=0, size=(512, 1024)),
@@ -36,10 +42,15 @@ CONFIGS = {
 }
 ORT_VARIANTS = {  # overrides of components.onnx_session.session_options()
     "project": {},
-    "default": {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
+    "default": {
+        "enable_cpu_mem_arena": True,
+        "enable_mem_pattern": True,
+        "session.intra_op.allow_spinning": "1",
+    },
     "no_arena": {"enable_cpu_mem_arena": False, "enable_mem_pattern": True},
     "no_pattern": {"enable_cpu_mem_arena": True, "enable_mem_pattern": False},
     "project+no_prepack": {"session.disable_prepacking": "1"},
+    "project+spinning": {"session.intra_op.allow_spinning": "1"},
 }
 
 
@@ -231,7 +242,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ort_vs_torch.json")
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
+    add_publish_arguments(parser, NAME)
     args = parser.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table, figure))))
+        return
+    prov = provenance()
     if args.export:
         print(json.dumps(do_export(args.export[0], Path(args.export[1]))))
         return
@@ -274,6 +290,73 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "argv": sys.argv[1:]}
     args.out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    if args.publish:
+        print("\n".join(map(str, publish(NAME, prov, results, table, figure))))
+
+
+LABELS = {  # how the table and the plot name the configurations and engines
+    "demo": "demo local G (params.yaml)",
+    "global_1024": "global G, ngf 64",
+    "local_2048": "local G, ngf 32",
+    "torch": "PyTorch eager",
+    "ort:project": "ONNX Runtime, project options",
+    "ort:default": "ONNX Runtime, its defaults",
+    "ort:no_arena": "ORT, arena off only",
+    "ort:no_pattern": "ORT, memory pattern off only",
+    "ort:project+no_prepack": "ORT, project + prepacking off",
+    "ort:project+spinning": "ORT, project + spinning threads",
+}
+
+
+def table(results: list[dict]) -> str:
+    """One row per configuration and engine: best time, the per-round time ratios to
+    PyTorch (same round = closest in time), peak RSS and its ratio, output difference."""
+    out = [
+        "| configuration | size | engine | s / image | vs PyTorch per round | peak RSS "
+        "| vs PyTorch | max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for engine, e in res["engines"].items():
+            rounds = ", ".join(f"{x:.2f}" for x in e.get("time_ratio_per_round", [])) or "1"
+            out.append(
+                f"| {LABELS.get(res['config'], res['config'])} | {res['size']} "
+                f"| {LABELS.get(engine, engine)} | {e['s']:.3f} | {rounds} "
+                f"| {e['peak_rss_mb']} MB | {e.get('rss_ratio_vs_torch', 1.0):.2f}x "
+                f"| {e['max_abs_diff_vs_torch']:.1e} |"
+            )
+    return "\n".join(out)
+
+
+def figure(results: list[dict], path: Path) -> None:
+    """Seconds per image and peak RSS by configuration, one bar per engine."""
+    plt = pyplot()
+    engines = list(results[0]["engines"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(engines)
+    for ax, key, title in (
+        (axes[0], "s", "seconds per image (batch 1, log scale)"),
+        (axes[1], "peak_rss_mb", "peak RSS (MB)"),
+    ):
+        for k, engine in enumerate(engines):
+            xs = [i + (k - (len(engines) - 1) / 2) * width for i in range(len(results))]
+            values = [r["engines"][engine][key] for r in results]
+            ax.bar(xs, values, width, label=LABELS.get(engine, engine))
+            if engine != "torch":
+                for x, r, v in zip(xs, results, values, strict=True):
+                    ratio = v / r["engines"]["torch"][key]
+                    ax.text(x, v, f"{ratio:.2f}x", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(
+            range(len(results)),
+            [f"{LABELS.get(r['config'], r['config'])}\n{r['size']}" for r in results],
+            fontsize=8,
+        )
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("ONNX Runtime vs PyTorch on CPU (bench/ort_vs_torch.py; ratios to PyTorch)")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

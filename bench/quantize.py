@@ -17,7 +17,9 @@ Usage: python bench/quantize.py --checkpoint data/features/model.pth \\
            --segmenter data/segmenter/segmenter.pth --data data/synth \\
            [--onnx data/export/model.onnx] [--calibration-samples 16] [--threads 2] \\
            [--variants ort_fp32,ort_int8,ort_fp16,torch_fp32,torch_bf16] [--profile] \\
-           [--paper-size] [--out bench/results/quantize.json]
+           [--paper-size] [--out bench/results/quantize.json] [--publish]
+
+``--publish`` writes the tables into the docs (``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import add_publish_arguments, provenance, publish, render  # noqa: E402
+
+NAME = "quantize"  # docs/data/NAME.{json,md}
+NAMES = {
+    "ort_fp32": "ONNX Runtime fp32 (the default engine)",
+    "ort_int8": "ONNX Runtime int8 (QDQ, per channel)",
+    "ort_fp16": "ONNX Runtime fp16 graph",
+    "torch_fp32": "PyTorch fp32",
+    "torch_bf16": "PyTorch bf16 autocast",
+}
 VARIANTS = ("ort_fp32", "ort_int8", "ort_fp16", "torch_fp32", "torch_bf16")
 
 
@@ -115,7 +127,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--paper-size", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/quantize.json")
+    add_publish_arguments(parser, NAME)
     args = parser.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table))))
+        return
+    prov = provenance()
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -269,6 +286,49 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"argv": sys.argv[1:], **result}, indent=2) + "\n")
     tmp_dir.cleanup()
+    if args.publish:
+        print("\n".join(map(str, publish(NAME, prov, result, table))))
+
+
+def _top_ops(profile: dict[str, float], k: int = 4) -> str:
+    total = sum(profile.values()) or 1.0
+    return ", ".join(f"{op} {ms:.1f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:k])
+
+
+def table(result: dict) -> str:
+    out = [
+        f"The demo model ({result['checkpoint']}), {result['images']} val images at "
+        f"{result['size']}, variants interleaved image by image, median time:",
+        "",
+        "| variant | s / image | vs ORT fp32 | pixel accuracy | mean IoU "
+        "| max / mean 8-bit diff to ORT fp32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        out.append(
+            f"| {NAMES.get(name, name)} | {v['s_per_image']:.4f} | "
+            f"{v['time_ratio_vs_ort_fp32']:.2f}x | {v['pixel_accuracy']:.4f} | "
+            f"{v['mean_iou']:.4f} | {v['max_pixel_diff_vs_ort_fp32']} / "
+            f"{v['mean_pixel_diff_vs_ort_fp32']:.3f} |"
+        )
+    profiles = result.get("profile_ms", {})
+    paper = result.get("paper_size")
+    if profiles or paper:
+        out += ["", "| graph | time per op type, one run (ONNX Runtime's profile) |", "|---|---|"]
+        for k, prof in profiles.items():
+            out.append(f"| demo, {NAMES.get(k, k)} | {_top_ops(prof)} |")
+        if paper:
+            for k, prof in paper.get("profile_ms", {}).items():
+                out.append(f"| paper size, {NAMES.get(k, k)} | {_top_ops(prof)} |")
+    if paper:
+        s = paper["s"]
+        out += [
+            "",
+            f"The paper's global generator ({paper['config']}): fp32 {s['ort_fp32']:.2f} s, "
+            f"int8 {s['ort_int8']:.2f} s per image (best of 2): int8 / fp32 = "
+            f"{paper['int8_time_ratio']:.2f}.",
+        ]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

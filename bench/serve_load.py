@@ -7,29 +7,38 @@ One run measures, on the same cores and one after another (each case alone):
    two streams sharing one session, and batches of 2 and 4 (does batching pay on CPU?);
 2. **service**: `pix2pixhd serve` started from the command line with its default flags
    (or ``--serve-flags``), loaded by a client on loopback at each ``--concurrency``
-   (bundled-style street scenes as label + instance PNGs, ``POST /v1/generate``):
-   throughput, p50/p95/p99 and the server's peak memory (VmHWM);
+   (bundled-style street scenes as label + instance PNGs, ``POST /v1/generate``), after
+   a warm-up load: throughput, p50/p95/p99 and the server's peak memory (VmHWM);
 3. **workers**: the service with ``--workers`` 1, 2, 3 and 4 at the highest concurrency
    (or ``--workers-at``)
    (adding workers must not lower throughput);
 4. **mlflow**: the same model logged as the project's pyfunc model
    (``components.export.log_servable_model``) behind ``mlflow models serve --env-manager
    local``, JSON tensors in and out (``{"inputs": {"label": ..., "instance": ...}}``), at
-   the same concurrencies.
+   the same concurrencies;
+5. **ratio**: ``--rounds`` alternating pairs of the engine's best batch-1 case and the
+   service (default flags) at the concurrency where its sweep was best, each for
+   ``--seconds``: the service-to-engine ratio of each pair, and their median. A shared
+   virtual machine drifts by several per cent within minutes, so the ratio comes from
+   neighbouring measurements, not from the sweep against the first engine case.
 
-Models (random weights: time does not depend on them; thing classes get 10 random
-cluster centres so per-instance features are drawn as for a trained model):
-``demo`` (the local generator of params.yaml at 256x128) or ``global_1024`` (the paper's
-global generator, ngf 64, 9 blocks, at 1024x512).
+Models: ``--onnx`` serves a trained export (``data/export/model.onnx`` after ``make
+demo``). Without it, random weights (seed 0; thing classes get 10 random cluster centres
+so per-instance features are drawn as for a trained model): the graph's time does not
+depend on them, but the answer's PNG encoding does (a random generator's noise compresses
+worse than a photo). ``demo``: the local generator of params.yaml at 256x128;
+``global_1024``: the paper's global generator (ngf 64, 9 blocks) at 1024x512.
 
-Usage: python bench/serve_load.py --config demo [--concurrency 1,2,4,8] [--seconds 15]
-           [--skip mlflow,workers] [--out docs/data/serve_demo.json]
+Usage: python bench/serve_load.py --config demo [--onnx data/export/model.onnx]
+           [--concurrency 1,2,4,8] [--seconds 15] [--rounds 3] [--skip mlflow,workers]
+           [--out docs/data/serve_demo.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
 import math
@@ -41,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,34 +221,73 @@ class Server:
                 self.proc.wait()
 
 
-Send = Callable[[Any, int], Awaitable[int]]
+class Requests:
+    """Prepared HTTP/1.1 requests (bytes, built once with httpx's encoders), sent in turn.
+
+    The load generator shares the server's cores, so its CPU time is taken from the
+    service: it writes the prepared bytes on keep-alive connections and reads each answer
+    by its Content-Length, about 0.3 ms of CPU per request where an ``httpx.AsyncClient``
+    took 3.6 ms (a client on another machine would take none)."""
+
+    def __init__(self, url: str, build: Callable[[int], Any], count: int = 8) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.raw = []
+        for i in range(count):
+            req = build(i)
+            head = [f"{req.method} {req.url.raw_path.decode()} HTTP/1.1"]
+            head += [f"{k}: {v}" for k, v in req.headers.items()]
+            self.raw.append(("\r\n".join(head) + "\r\n\r\n").encode() + req.read())
+
+    async def connection(self) -> Any:
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def send(self, conn: Any, i: int) -> tuple[int, Any]:
+        """Request ``i`` on ``conn`` -> (HTTP status, the connection to go on with)."""
+        reader, writer = conn
+        writer.write(self.raw[i % len(self.raw)])
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        status = int(head.split(" ", 2)[1])
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in head.split("\r\n")
+            if line.startswith("content-length:")
+        )
+        await reader.readexactly(length)
+        if "connection: close" in head:
+            writer.close()
+            conn = await self.connection()
+        return status, conn
 
 
-async def load(send: Send, requests: int, concurrency: int) -> dict[str, Any]:
-    """``requests`` calls of ``send(client, i)`` (-> HTTP status), ``concurrency`` at once,
-    after one warm-up call."""
-    import httpx
-
+async def load(requests_: Requests, requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` prepared requests, ``concurrency`` connections each sending its next
+    one when the last was answered, after one warm-up request per connection."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(
-        timeout=900, limits=httpx.Limits(max_connections=concurrency)
-    ) as client:
+    counter = iter(range(requests))
 
-        async def one(i: int) -> None:
-            async with gate:
-                t = time.perf_counter()
-                status = await send(client, i)
-                latencies.append(time.perf_counter() - t)
-                statuses[status] = statuses.get(status, 0) + 1
+    async def client(conn: Any) -> None:
+        for i in counter:
+            t = time.perf_counter()
+            status, conn = await requests_.send(conn, i)
+            latencies.append(time.perf_counter() - t)
+            statuses[status] = statuses.get(status, 0) + 1
+        conn[1].close()
 
-        await one(-1)  # warm-up (the model's first run), not counted
-        latencies.clear()
-        statuses.clear()
-        start, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(one(i) for i in range(requests)))
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    conns = [await requests_.connection() for _ in range(concurrency)]
+
+    async def warm(k: int) -> None:
+        _, conns[k] = await requests_.send(conns[k], k)
+
+    # warm-up, one request per connection at once: every worker's first model run
+    await asyncio.gather(*(warm(k) for k in range(concurrency)))
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client(c) for c in conns))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = np.array(latencies) * 1000
     return {
         "requests": requests,
@@ -260,46 +308,52 @@ def requests_for(concurrency: int, rate: float, seconds: float) -> int:
     return max(2 * concurrency, math.ceil(rate * seconds))
 
 
-def pix2pixhd_sender(width: int, height: int) -> Send:
-    scenes = [(png(lab), png(ins)) for lab, ins in (scene(width, height, i) for i in range(8))]
+def pix2pixhd_requests(url: str, width: int, height: int) -> Requests:
+    """``POST /v1/generate`` with label + instance PNGs of 8 scenes (seed = scene)."""
+    import httpx
 
-    async def send(client: Any, i: int) -> int:
-        label, inst = scenes[i % len(scenes)]
-        files = {"label": ("l.png", label), "instance": ("i.png", inst)}
-        r = await client.post(f"{send.url}/v1/generate", files=files, data={"seed": str(max(i, 0))})
-        return r.status_code
+    def build(i: int) -> Any:
+        lab, ins = scene(width, height, i)
+        files = {"label": ("l.png", png(lab)), "instance": ("i.png", png(ins))}
+        return httpx.Request("POST", f"{url}/v1/generate", files=files, data={"seed": str(i)})
 
-    return send
+    return Requests(url, build)
 
 
-def mlflow_sender(width: int, height: int) -> Send:
-    bodies = []
-    for i in range(8):
+def mlflow_requests(url: str, width: int, height: int) -> Requests:
+    """``POST /invocations`` with the same scenes as JSON tensors."""
+    import httpx
+
+    def build(i: int) -> Any:
         lab, ins = scene(width, height, i)
         inputs = {
             "label": lab[None, None].astype(np.int64).tolist(),
             "instance": ins[None, None].astype(np.int64).tolist(),
         }
-        bodies.append(json.dumps({"inputs": inputs, "params": {"seed": i}}).encode())
-
-    async def send(client: Any, i: int) -> int:
-        r = await client.post(
-            f"{send.url}/invocations",
-            content=bodies[i % len(bodies)],
-            headers={"Content-Type": "application/json"},
+        return httpx.Request(
+            "POST", f"{url}/invocations", json={"inputs": inputs, "params": {"seed": i}}
         )
-        return r.status_code
 
-    return send
+    return Requests(url, build)
 
 
 def sweep(
-    server: Server, url: str, send: Send, levels: list[int], rate: float, seconds: float
+    server: Server,
+    requests_: Requests,
+    levels: list[int],
+    rate: float,
+    seconds: float,
+    warm: bool = True,
 ) -> list[dict[str, Any]]:
-    send.url = url
+    """One load per concurrency level; with ``warm``, first a fifth of ``seconds`` of
+    load at the highest level, not recorded: a fresh server's first hundred requests
+    run slower (allocations, every worker's first runs)."""
+    if warm:
+        top = max(levels)
+        asyncio.run(load(requests_, requests_for(top, rate, seconds / 5), top))
     out = []
     for c in levels:
-        row = asyncio.run(load(send, requests_for(c, rate, seconds), c))
+        row = asyncio.run(load(requests_, requests_for(c, rate, seconds), c))
         row["peak_mb"] = server.peak_mb()  # so far: VmHWM only grows
         row["load_average"] = round(os.getloadavg()[0], 2)
         log(f"  concurrency {c}: {row['throughput_rps']} req/s, p50 {row['p50_ms']} ms")
@@ -311,15 +365,15 @@ def serve_cmd(onnx: Path, port: int, flags: list[str]) -> list[str]:
     return [str(VENV_BIN / "pix2pixhd"), "serve", "--model", str(onnx), "--port", str(port), *flags]
 
 
-def log_pyfunc(model: Any, centres: dict | None, onnx: Path, home: Path) -> str:
-    """The model logged as the project's pyfunc model into a SQLite store under ``home``;
-    its model URI."""
+def log_pyfunc(model: Any, with_features: bool, onnx: Path, home: Path) -> str:
+    """The graph ``onnx`` logged as the project's pyfunc model into a SQLite store under
+    ``home`` (``model``, of the same configuration, gives the signature); its model URI."""
     import mlflow
 
     from components.export import log_servable_model, serving_signature
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    signature, example = serving_signature(model, centres is not None)
+    signature, example = serving_signature(model, with_features)
     with mlflow.start_run():
         return log_servable_model(onnx, signature, example).model_uri
 
@@ -354,7 +408,7 @@ def tables(paths: list[Path]) -> str:
             )
     out += [
         "",
-        "| size | server | concurrency | req/s | vs engine | p50 | p95 | p99 | peak memory |",
+        "| size | server | concurrency | req/s | vs the first engine run | p50 | p95 | p99 | peak memory |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
@@ -381,6 +435,21 @@ def tables(paths: list[Path]) -> str:
                 f"| {d['size']} | {r['workers']} | {r['concurrency']} | "
                 f"{r['throughput_rps']:.2f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} |"
             )
+    out += [
+        "",
+        "| size | model | concurrency | engine images/s | service req/s | service / engine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        ratio = d.get("ratio", {})
+        for k, pair in enumerate(ratio.get("pairs", []), 1):
+            out.append(
+                f"| {d['size']} | {d.get('model', 'random weights')} | {ratio['concurrency']} | "
+                f"{pair['engine']:.2f} | {pair['service']:.2f} | {pair['ratio']:.2f}x "
+                f"(round {k}) |"
+            )
+        if ratio.get("pairs"):
+            out.append(f"| {d['size']} | | | | median | **{d['service_vs_engine']:.2f}x** |")
     loads = ", ".join(
         f"{d['size']}: {d['load_average_before'][0]} before, {d['load_average_after'][0]} after"
         for d in docs
@@ -423,7 +492,7 @@ def plot(docs: list[dict[str, Any]], out: Path) -> None:
         top.legend(fontsize=7)
         bottom.legend(fontsize=7)
     fig.suptitle(
-        "Serving on 2 cores (bench/serve_load.py, 2026-12-05, random weights, ONNX Runtime)",
+        "Serving on 2 cores (bench/serve_load.py; ONNX Runtime; the model of each run in its table)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -450,6 +519,8 @@ def main() -> None:
     p.add_argument("--serve-flags", default="", help="flags for pix2pixhd serve (default none)")
     p.add_argument("--skip", default="", help="comma-separated: engine, workers, mlflow")
     p.add_argument("--workers-at", type=int, help="the workers sweep's concurrency (highest)")
+    p.add_argument("--onnx", type=Path, help="serve this export instead of random weights")
+    p.add_argument("--rounds", type=int, default=3, help="engine/service pairs for the ratio")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     p.add_argument("--tables", nargs="+", type=Path, help="print Markdown tables of results")
@@ -482,7 +553,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model, centres = make_model(args.config)
-        onnx = export_onnx(model, Path(tmp) / f"{args.config}.onnx", cluster_centers=centres)
+        if args.onnx:
+            onnx = args.onnx.resolve()
+            digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+            result["model"] = f"{args.onnx} (sha256 {digest[:12]})"
+        else:
+            onnx = export_onnx(model, Path(tmp) / f"{args.config}.onnx", cluster_centers=centres)
+            result["model"] = "random weights (seed 0)"
 
         # 1. the engine alone
         engine = []
@@ -507,27 +584,44 @@ def main() -> None:
             )
             engine.append(row)
         result["engine"] = engine
-        best = max(r["images_per_s"] for r in engine if r["batch"] == 1)
-        result["engine_best_batch1"] = best
+        best_case = max((r for r in engine if r["batch"] == 1), key=lambda r: r["images_per_s"])
+        best = result["engine_best_batch1"] = best_case["images_per_s"]
+
+        def engine_again() -> float:
+            spec = (best_case["streams"], best_case["threads"], 1, args.seconds)
+            return run_engine_case([str(onnx), str(width), str(height), *map(str, spec)])[
+                "images_per_s"
+            ]
 
         # 2. the service with its default flags
         port = free_port()
         flags = args.serve_flags.split()
         server = Server(serve_cmd(onnx, port, flags), f"http://127.0.0.1:{port}/readyz")
+        pairs = []
         try:
             log(f"pix2pixhd serve {' '.join(flags) or '(default flags)'}")
-            rows = sweep(
-                server,
-                f"http://127.0.0.1:{port}",
-                pix2pixhd_sender(width, height),
-                levels,
-                best,
-                args.seconds,
-            )
+            requests_ = pix2pixhd_requests(f"http://127.0.0.1:{port}", width, height)
+            rows = sweep(server, requests_, levels, best, args.seconds)
+            result["service"] = {"flags": flags, "levels": rows}
+
+            # 5. the ratio, from alternating neighbouring measurements (same server)
+            at = max(rows, key=lambda r: r["throughput_rps"])["concurrency"]
+            for k in range(args.rounds):
+                e = engine_again()
+                (row,) = sweep(server, requests_, [at], e, args.seconds, warm=False)
+                pairs.append(
+                    {
+                        "engine": e,
+                        "service": row["throughput_rps"],
+                        "ratio": round(row["throughput_rps"] / e, 3),
+                    }
+                )
+                log(f"round {k + 1}: engine {e} images/s, service {row['throughput_rps']} req/s")
         finally:
             server.stop()
-        result["service"] = {"flags": flags, "levels": rows}
-        result["service_vs_engine"] = round(max(r["throughput_rps"] for r in rows) / best, 3)
+        ratios = [p["ratio"] for p in pairs]
+        result["ratio"] = {"concurrency": at, "pairs": pairs}
+        result["service_vs_engine"] = float(np.median(ratios)) if ratios else None
 
         # 3. workers at the highest concurrency
         if "workers" not in skip:
@@ -542,8 +636,7 @@ def main() -> None:
                     log(f"pix2pixhd serve --workers {workers}")
                     (row,) = sweep(
                         server,
-                        f"http://127.0.0.1:{port}",
-                        pix2pixhd_sender(width, height),
+                        pix2pixhd_requests(f"http://127.0.0.1:{port}", width, height),
                         [args.workers_at or levels[-1]],
                         best,
                         args.seconds,
@@ -556,7 +649,7 @@ def main() -> None:
         # 4. the same model through mlflow models serve
         if "mlflow" not in skip:
             home = Path(tmp)
-            uri = log_pyfunc(model, centres, onnx, home)
+            uri = log_pyfunc(model, centres is not None, onnx, home)
             port = free_port()
             server = Server(
                 [
@@ -582,8 +675,7 @@ def main() -> None:
                 log("mlflow models serve")
                 rows = sweep(
                     server,
-                    f"http://127.0.0.1:{port}",
-                    mlflow_sender(width, height),
+                    mlflow_requests(f"http://127.0.0.1:{port}", width, height),
                     levels,
                     best,
                     args.seconds,

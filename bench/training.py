@@ -11,7 +11,8 @@ Usage: python bench/training.py [--repeats N] [--sizes 256x128,512x256,1024x512]
          (fp32 vs bf16 autocast, same weights and batches, steps interleaved: losses
          after N iterations and the iteration time ratio)
 bf16 autocast is emulated on CPUs without AVX512-BF16/AMX and then runs ~40x slower:
-measure it at the small size first.
+measure it at the small size first. ``--publish`` writes the table into the docs
+(``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ import json
 import time
 from pathlib import Path
 
-from common import peak_rss_mb, run_case, write_results
+from common import (
+    add_publish_arguments,
+    peak_rss_mb,
+    provenance,
+    publish,
+    render,
+    run_case,
+    write_results,
+)
+
+NAME = "training"  # docs/data/NAME.{json,md}
 
 WIDTHS = {
     "paper": dict(ngf=64, n_blocks=9, ndf=64, vgg=True),
@@ -169,7 +180,12 @@ def main() -> None:
         metavar="N",
         help="instead: fp32 vs bf16 for N iterations on the first --widths / --sizes",
     )
+    add_publish_arguments(parser, NAME)
     args = parser.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table))))
+        return
+    prov = provenance()
     if args.compare_precision:
         width, size = args.widths.split(",")[0], args.sizes.split(",")[0]
         res = compare_precision(width, size, args.compare_precision, args.threads)
@@ -198,6 +214,28 @@ def main() -> None:
                     flush=True,
                 )
     write_results(args.out, results, machine=False)
+    if args.publish:
+        print("\n".join(map(str, publish(NAME, prov, results, table))))
+
+
+def table(results: list[dict]) -> str:
+    """One row per widths and size; a column pair (s/iter, peak RSS) per variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    cases = list(dict.fromkeys((r["width"], r["size"]) for r in results))
+    by = {(r["width"], r["size"], r["variant"]): r for r in results}
+    head = "| widths | size | " + " | ".join(f"{v} s/iter | {v} peak RSS" for v in variants)
+    out = [head + " |", "|---|---|" + "---|---|" * len(variants)]
+    for width, size in cases:
+        cells = []
+        for v in variants:
+            r = by.get((width, size, v))
+            cells += (
+                [f"{r['seconds_per_iteration']:.3f}", f"{r['peak_rss_mb'] / 1024:.2f} GB"]
+                if r
+                else ["failed", ""]
+            )
+        out.append(f"| {width} | {size} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

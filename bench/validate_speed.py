@@ -7,6 +7,7 @@ one process so that both see the same machine load.
 
 Wall and CPU (process) seconds are reported; on a shared machine the CPU figure is the
 steadier one. The Great Expectations import is timed once (a fixed cost per process).
+``--publish`` writes the table into the docs (``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from common import add_publish_arguments, provenance, publish, render
+
+NAME = "validate_speed"  # docs/data/NAME.{json,md}
 
 
 def _timed(fn, *args, **kwargs):
@@ -33,7 +38,12 @@ def main() -> None:
     parser.add_argument("--old", type=Path, help="an older components/validate.py")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/validate_speed.json"))
+    add_publish_arguments(parser, NAME)
     args = parser.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table))))
+        return
+    prov = provenance()
     logging.basicConfig(level=logging.WARNING)
 
     from components import contract, validate
@@ -62,6 +72,7 @@ def main() -> None:
         runs["new"].append(
             dict(
                 read=read_w,
+                read_cpu=read_c,
                 gx=gx_w,
                 gx_cpu=gx_c,
                 docs=docs_w,
@@ -79,6 +90,7 @@ def main() -> None:
             runs["old"].append(
                 dict(
                     read=read_w,
+                    read_cpu=read_c,
                     gx=gx_w,
                     gx_cpu=gx_c,
                     docs=docs_w,
@@ -102,6 +114,31 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("samples", "gx_import_s", "median")}, indent=2))
+    if args.publish:
+        print("\n".join(map(str, publish(NAME, prov, out, table))))
+
+
+def table(out: dict) -> str:
+    """Medians over the repeats: wall / CPU seconds of each part, and per sample."""
+    n = out["samples"]
+    names = {"new": "this version", "old": "the older validate.py (--old)"}
+    rows = [
+        f"{out['samples']} samples ({out['data']}), median of the repeats; Great "
+        f"Expectations import (once per process): {out['gx_import_s']:.2f} s.",
+        "",
+        "| version | reading the files | Great Expectations validation | Data Docs site "
+        "| all, CPU per sample |",
+        "|---|---|---|---|---|",
+    ]
+    for key, m in out["median"].items():
+        cpu = m["read_cpu"] + m["gx_cpu"] + m["docs_cpu"]
+        rows.append(
+            f"| {names[key]} | {m['read']:.2f} s / {m['read_cpu']:.2f} s "
+            f"| {m['gx']:.2f} s / {m['gx_cpu']:.2f} s | {m['docs']:.2f} s / {m['docs_cpu']:.2f} s "
+            f"| {cpu / n * 1000:.1f} ms |"
+        )
+    rows += ["", "Each cell: wall / CPU seconds."]
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

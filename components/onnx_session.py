@@ -12,12 +12,20 @@ from model.errors import InputError
 def session_options(threads: int | None = None) -> Any:
     """The project's ONNX Runtime session options (generate, edit, serve, bench).
 
-    Peak memory (measured in bench/ort_vs_torch.py): ORT's CPU arena grows in
-    power-of-two chunks and keeps them, and the memory pattern planner reserves one
-    block for all activations of a run; for this fully convolutional generator at
-    1024x512 and above both add hundreds of MB over what the run needs. With the arena
-    and the pattern off, buffers are malloc'd and freed per node, and peak RSS drops
-    below PyTorch's at no measurable time cost (the convolutions dominate).
+    Measured in bench/ort_vs_torch.py (docs/benchmarks/ort-vs-torch.md). Peak memory:
+    ORT's CPU arena grows in power-of-two chunks and keeps them, and the memory pattern
+    planner reserves one block for all activations of a run; for this fully
+    convolutional generator at 1024x512 and above both add hundreds of MB over what the
+    run needs. With the arena and the pattern off, buffers are malloc'd and freed per
+    node: peak RSS 0.63x ORT's defaults at 1024x512 and 0.50x at 2048x1024 (below
+    PyTorch's), for 12-33% more time on the 2-core AVX2 bench machine.
+
+    Spinning off: ONNX Runtime's intra-op threads otherwise spin between parallel
+    sections, and that CPU time is taken from whatever shares the cores (the service's
+    decoding and encoding, other pods under a CPU limit): `pix2pixhd serve --workers 1`
+    (two threads) used 76 instead of 91 ms of CPU per 256x128 request. In a tight loop
+    the time with and without spinning is not distinguishable (per-round ratios overlap
+    at all three sizes).
     """
     import onnxruntime as ort
 
@@ -28,6 +36,7 @@ def session_options(threads: int | None = None) -> Any:
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

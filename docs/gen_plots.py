@@ -3,9 +3,11 @@
 - losses.png: the demo's training losses, from data/train_global/losses.csv and
   data/train_local/losses.csv (DVC outputs of `make demo`; skipped, keeping the
   committed figure, when absent);
-- ablation.png, ort_vs_torch.png: the benchmark tables, from the small CSV files in
-  docs/data/ (each names its source: the commit and the machine the figures were
-  measured at). serve_load.png is drawn by bench/serve_load.py itself (--tables).
+- ablation.png: bench/quality.py's table of 2026-11-30, from docs/data/ablation.csv
+  (which names the commit and the machine), until the ablation is measured again.
+
+The other benchmark plots are drawn by their scripts (bench/common.py ``--publish``;
+bench/serve_load.py ``--tables --plot``).
 
 Run by hand after a new measurement or demo run: `python docs/gen_plots.py`
 (matplotlib comes with mlflow in the `mlops` extra). `make docs` does not run it, so the
@@ -107,44 +109,11 @@ def ablation(out: Path) -> None:
     plt.close(fig)
 
 
-def ort_vs_torch(out: Path) -> None:
-    data = rows(DATA / "ort_vs_torch.csv")
-    labels = [f"{r['configuration']}\n{r['width']}x{r['height']}" for r in data]
-    x = range(len(data))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (torch_key, ort_key, title) in zip(
-        axes,
-        (
-            ("torch_s", "ort_s", "seconds per image (batch 1, 2 threads)"),
-            ("torch_peak_mb", "ort_peak_mb", "peak RSS (MB)"),
-        ),
-        strict=True,
-    ):
-        t = [float(r[torch_key]) for r in data]
-        o = [float(r[ort_key]) for r in data]
-        ax.bar([i - 0.2 for i in x], t, 0.4, label="PyTorch eager")
-        ax.bar([i + 0.2 for i in x], o, 0.4, label="ONNX Runtime (project options)")
-        for i, (a, b) in enumerate(zip(t, o, strict=True)):
-            ax.text(i + 0.2, b, f"{b / a:.2f}x", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        "ONNX Runtime vs PyTorch on CPU by size (bench/ort_vs_torch.py, 17b4149)", fontsize=10
-    )
-    fig.savefig(out, **SAVE)
-    plt.close(fig)
-
-
 def main() -> int:
     PLOTS.mkdir(exist_ok=True)
     if losses(PLOTS / "losses.png"):
         sys.stdout.write(f"{PLOTS / 'losses.png'}\n")
-    for name, draw in (
-        ("ablation", ablation),
-        ("ort_vs_torch", ort_vs_torch),
-    ):
+    for name, draw in (("ablation", ablation),):
         draw(PLOTS / f"{name}.png")
         sys.stdout.write(f"{PLOTS / f'{name}.png'}\n")
     return 0

@@ -69,8 +69,8 @@ class Engine:
         h, w = label.shape
         feeds = onnx_feeds(
             self.info,
-            label.astype(np.int64)[None, None],
-            None if instance is None else instance.astype(np.int64)[None, None],
+            np.asarray(label, np.int64)[None, None],
+            None if instance is None else np.asarray(instance, np.int64)[None, None],
             seed=seed,
             choice=choice,
             override=override,

