@@ -159,7 +159,12 @@ def figure(results: list[dict], path: Path) -> None:
             y = (fixed + slope * pixels) / 1024
             ax.plot([pixels / 1e6], [y], "x", color="C3")
             ax.annotate(
-                name, (pixels / 1e6, y), fontsize=7, xytext=(-60, 6), textcoords="offset points"
+                f"{name} (extrapolated)",
+                (pixels / 1e6, y),
+                fontsize=7,
+                xytext=(-8, 4),
+                textcoords="offset points",
+                ha="right",
             )
     ax.set_xlabel("input pixels (millions)")
     ax.set_ylabel("peak RSS (GB)")

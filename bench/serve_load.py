@@ -408,7 +408,8 @@ def tables(paths: list[Path]) -> str:
             )
     out += [
         "",
-        "| size | server | concurrency | req/s | vs the first engine run | p50 | p95 | p99 | peak memory |",
+        "| size | server | concurrency | req/s | vs the first engine run | p50 | p95 | p99 "
+        "| peak memory |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
@@ -480,7 +481,18 @@ def plot(docs: list[dict[str, Any]], out: Path) -> None:
             for key, style in (("p50_ms", "o-"), ("p99_ms", "^--")):
                 values = [r[key] / 1000 for r in levels]
                 bottom.plot(c, values, style, color=colour, label=f"{name} {key[:3]}")
-        top.axhline(best, color="k", ls=":", lw=1, label="engine, tight loop")
+        top.axhline(best, color="k", ls=":", lw=1, label="engine, tight loop (first run)")
+        pairs = d.get("ratio", {}).get("pairs", [])
+        if pairs:  # the machine drifts: the engine's range over the paired rounds
+            engines = [p["engine"] for p in pairs]
+            top.axhspan(
+                min(engines),
+                max(engines),
+                color="k",
+                alpha=0.08,
+                lw=0,
+                label="engine, paired rounds (range)",
+            )
         top.set_title(f"{d['size']}: requests per second", fontsize=9)
         bottom.set_title(f"{d['size']}: latency (s)", fontsize=9)
         for ax in (top, bottom):
@@ -492,7 +504,7 @@ def plot(docs: list[dict[str, Any]], out: Path) -> None:
         top.legend(fontsize=7)
         bottom.legend(fontsize=7)
     fig.suptitle(
-        "Serving on 2 cores (bench/serve_load.py; ONNX Runtime; the model of each run in its table)",
+        "Serving on 2 cores (bench/serve_load.py, ONNX Runtime; each run's model in its table)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -5,7 +5,9 @@ fresh interpreter each), interleaved, with: no tracking; a refused HTTP server (
 port); a hung HTTP server (accepts, never answers); an unwritable SQLite store. Evaluate
 runs with tracking.optional=true (otherwise an outage stops it before the work).
 
-    python bench/tracking_outage.py [--repeats 2]
+    python bench/tracking_outage.py [--repeats 2] [--publish]
+
+``--publish`` writes the table into the docs (``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import threading
 import time
 from pathlib import Path
 
+from common import add_publish_arguments, provenance, publish, render
+
 ROOT = Path(__file__).resolve().parents[1]
+NAME = "tracking_outage"  # docs/data/NAME.{json,md}
 TINY = [
     "data.width=64",
     "data.height=32",
@@ -83,9 +88,14 @@ def _cli(*args: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
+    add_publish_arguments(ap, NAME)
     opts = ap.parse_args()
+    if opts.render:
+        print("\n".join(map(str, render(NAME, opts.render, table))))
+        return
+    prov = provenance()
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     data = work / "data"
     subprocess.run(
@@ -132,12 +142,37 @@ def main() -> None:
             step: {
                 "median_s": round(statistics.median(v), 2),
                 "ratio_vs_no_tracking": round(statistics.median(v) / base[step], 2),
+                "runs_s": [round(x, 2) for x in v],
             }
             for step, v in steps.items()
         }
         for mode, steps in times.items()
     }
     print(json.dumps(report, indent=2))
+    if opts.publish:
+        print("\n".join(map(str, publish(NAME, prov, report, table))))
+
+
+def table(report: dict) -> str:
+    """Wall seconds per command (a fresh interpreter each, imports included), median of
+    the repeats, and the difference to the same command without tracking."""
+    base = report["no tracking"]
+    out = [
+        "| tracking store | train (tiny global stage) | vs no tracking | evaluate "
+        "| vs no tracking |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, steps in report.items():
+        cells = []
+        for step in ("train", "evaluate"):
+            v = steps[step]
+            extra = v["median_s"] - base[step]["median_s"]
+            cells += [
+                f"{v['median_s']:.2f} s ({', '.join(f'{x:.2f}' for x in v['runs_s'])})",
+                "" if mode == "no tracking" else f"{extra:+.2f} s",
+            ]
+        out.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
