@@ -346,11 +346,12 @@ def sweep(
     warm: bool = True,
 ) -> list[dict[str, Any]]:
     """One load per concurrency level; with ``warm``, first a fifth of ``seconds`` of
-    load at the highest level, not recorded: a fresh server's first hundred requests
-    run slower (allocations, every worker's first runs)."""
+    load (at least one request per connection) at the highest level, not recorded: a
+    fresh server's first hundred requests run slower (allocations, every worker's first
+    runs)."""
     if warm:
         top = max(levels)
-        asyncio.run(load(requests_, requests_for(top, rate, seconds / 5), top))
+        asyncio.run(load(requests_, max(top, math.ceil(rate * seconds / 5)), top))
     out = []
     for c in levels:
         row = asyncio.run(load(requests_, requests_for(c, rate, seconds), c))
