@@ -30,7 +30,8 @@ Usage:
   python bench/quality.py --data /tmp/q/synth --segmenter /tmp/q/seg/segmenter.pth \\
       --budget 300 --seeds 0,1 --jobs 2 --out bench/results/quality
 Writes OUT/quality.json (every case) and OUT/samples.png (label | one column per variant,
-seed 0 | real), and prints one table.
+seed 0 | real), and prints one table. ``--publish`` writes the table, the plot (mean ±
+sd over seeds per variant) and the samples into the docs (``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import run_case, write_results
+from common import (
+    DOCS_PLOTS,
+    add_publish_arguments,
+    provenance,
+    publish,
+    pyplot,
+    render,
+    run_case,
+    save_figure,
+    write_results,
+)
+
+NAME = "quality"  # docs/data/NAME.{json,md}, docs/plots/NAME.png, NAME_samples.png
 
 BASE = dict(
     generator="pix2pixhd",  # pix2pixhd | unet
@@ -273,7 +286,7 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(results: list[dict]) -> str:
+def table_rows(results: list[dict]) -> str:
     names = list(dict.fromkeys(r["variant"] for r in results))
     lines = [
         "| variant | iterations | pixel acc | mIoU | KID_inception (x1e3) | KID_seg (x1e3) "
@@ -334,10 +347,15 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="cases run at once (1 thread each)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality"))
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    add_publish_arguments(p, NAME)
     args = p.parse_args()
+    if args.render:
+        print("\n".join(map(str, render(NAME, args.render, table, figure))))
+        return
     if args.one:
         print(json.dumps(one(*args.one)))
         return
+    prov = provenance()
     specs: dict[str, dict] = {}
     notes = []
     for name in [v for v in args.variants.split(",") if v]:
@@ -386,7 +404,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run, cases))
-    text = table(results)
+    text = table_rows(results)
     header = (
         f"Equal CPU budget: {args.budget:.0f} CPU-seconds of training per case "
         f"(time.process_time, 1 thread), seeds {args.seeds}; mean ± sd over seeds; "
@@ -406,7 +424,69 @@ def main() -> None:
             "table": text,
         },
     )
-    print(f"samples: {grid(args.out, list(specs), args.data)}")
+    samples = grid(args.out, list(specs), args.data)
+    print(f"samples: {samples}")
+    if args.publish:
+        doc = {"budget_cpu_s": args.budget, "seeds": seeds, "notes": notes, "cases": results}
+        print("\n".join(map(str, publish(NAME, prov, doc, table, figure))))
+        target = DOCS_PLOTS / f"{NAME}_samples.png"
+        target.write_bytes(samples.read_bytes())
+        print(target)
+
+
+def table(doc: dict) -> str:
+    """The published table: the budget, then one row per variant (mean ± sd over the
+    seeds) and the real photos, then the notes."""
+    seeds = ", ".join(map(str, doc["seeds"]))
+    head = (
+        f"{doc['budget_cpu_s']:.0f} CPU-seconds of training per case (time.process_time, "
+        f"1 thread), seeds {seeds}: mean ± sd over the seeds; KID x 1e3 with the largest "
+        "jackknife standard error (SE) over the seeds."
+    )
+    notes = "".join(f"\n\n{n}" for n in doc["notes"])
+    return f"{head}\n\n{table_rows(doc['cases'])}{notes}"
+
+
+def figure(doc: dict, path: Path) -> None:
+    """mIoU, pixel accuracy and KID_seg per variant: mean with the sd over the seeds as
+    error bars; the real photos as a dashed line."""
+    import statistics
+
+    plt = pyplot()
+    cases = doc["cases"]
+    names = list(dict.fromkeys(r["variant"] for r in cases))
+    panels = (
+        ("mean IoU (19 train ids)", lambda r: r["generated"]["mean_iou"], "mean_iou", 1.0),
+        ("pixel accuracy (%)", lambda r: r["generated"]["pixel_accuracy"], "pixel_accuracy", 100),
+        ("KID in the segmenter's space (x1e3, lower is better)", lambda r: r["kid_seg"], None, 1e3),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (title, get, real_key, scale) in zip(axes, panels, strict=True):
+        values = [[get(r) * scale for r in cases if r["variant"] == n] for n in names]
+        means = [statistics.mean(v) for v in values]
+        sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(
+            range(len(names)),
+            means,
+            yerr=sds,
+            capsize=5,
+            color=[f"C{i}" for i in range(len(names))],
+        )
+        if real_key is not None:
+            ax.axhline(
+                cases[0]["real"][real_key] * scale, color="k", ls="--", lw=1, label="real photos"
+            )
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    seeds = ", ".join(map(str, doc["seeds"]))
+    fig.suptitle(
+        f"The ablation at {doc['budget_cpu_s']:.0f} CPU-s per case (bench/quality.py): "
+        f"mean ± sd over seeds {seeds}",
+        fontsize=10,
+    )
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -247,9 +247,18 @@ class Requests:
     async def send(self, conn: Any, i: int) -> tuple[int, Any]:
         """Request ``i`` on ``conn`` -> (HTTP status, the connection to go on with)."""
         reader, writer = conn
-        writer.write(self.raw[i % len(self.raw)])
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        try:
+            writer.write(self.raw[i % len(self.raw)])
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if getattr(exc, "partial", b""):
+                raise
+            # the server closed the connection while it was idle (uvicorn's keep-alive
+            # timeout, 5 s: a connection waits that long when others' requests take
+            # seconds): as an HTTP client does, send again on a new one
+            writer.close()
+            return await self.send(await self.connection(), i)
         status = int(head.split(" ", 2)[1])
         length = next(
             int(line.split(":", 1)[1])
