@@ -10,7 +10,9 @@ were measured:
 - ``docs/plots/NAME.png``: its plot, where it draws one.
 
 ``--render`` writes the same files again from a published JSON (after a change to how a
-table or plot is drawn) without measuring anything.
+table or plot is drawn) without measuring anything. A script wires both through one
+``Publication``. Every file is written through a temporary file and a rename
+(``model.fileio``): a killed run leaves the previous figures.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -105,20 +108,6 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def add_publish_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"also write docs/data/{name}.json and .md (tables) and docs/plots/{name}.png",
-    )
-    parser.add_argument(
-        "--render",
-        type=Path,
-        metavar="JSON",
-        help="instead of measuring: write the tables and plot again from a published JSON",
-    )
-
-
 def caption(prov: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     load = prov["load_average_before"]
@@ -139,14 +128,15 @@ def publish(
     """Write ``docs/data/NAME.json``, ``docs/data/NAME.md`` (``table(results)`` and the
     caption) and, with ``figure``, ``docs/plots/NAME.png`` (``figure(results, path)``);
     the paths written."""
-    DOCS_DATA.mkdir(parents=True, exist_ok=True)
+    from model.fileio import atomic_path, write_json, write_text
+
     data, md = DOCS_DATA / f"{name}.json", DOCS_DATA / f"{name}.md"
-    data.write_text(json.dumps({"provenance": prov, "results": results}, indent=2) + "\n")
-    md.write_text(f"{table(results).rstrip()}\n\n{caption(prov)}\n")
+    write_json(data, {"provenance": prov, "results": results})
+    write_text(md, f"{table(results).rstrip()}\n\n{caption(prov)}\n")
     written = [data, md]
     if figure is not None:
-        DOCS_PLOTS.mkdir(parents=True, exist_ok=True)
-        figure(results, DOCS_PLOTS / f"{name}.png")
+        with atomic_path(DOCS_PLOTS / f"{name}.png") as tmp:
+            figure(results, tmp)
         written.append(DOCS_PLOTS / f"{name}.png")
     return written
 
@@ -161,7 +151,7 @@ def save_figure(fig: Any, path: Path) -> None:
     """A matplotlib figure as the docs' PNGs are saved (no software tag: reproducible)."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -173,3 +163,62 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@dataclass
+class Publication:
+    """A script's figures in the docs (``publish``), wired into its command line:
+
+    1. ``add_arguments(parser)``: ``--publish`` and ``--render JSON``;
+    2. ``render_instead(args, parser, required)``: with ``--render``, writes the files
+       again from that JSON and returns True (the script stops there); otherwise checks
+       the options measuring needs and takes the provenance, so call it before measuring;
+    3. ``finish(args, results)``: with ``--publish``, writes them; the paths written."""
+
+    name: str  # docs/data/NAME.{json,md}, docs/plots/NAME.png: the script's stem
+    table: Table
+    figure: Figure | None = None
+    prov: dict[str, Any] | None = None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        plot = f" and docs/plots/{self.name}.png" if self.figure else ""
+        parser.add_argument(
+            "--publish",
+            action="store_true",
+            help=f"also write docs/data/{self.name}.json and .md (tables){plot}",
+        )
+        parser.add_argument(
+            "--render",
+            type=Path,
+            metavar="JSON",
+            help="instead of measuring: write the tables and plot again from a published JSON",
+        )
+
+    def render_instead(
+        self,
+        args: argparse.Namespace,
+        parser: argparse.ArgumentParser | None = None,
+        required: tuple[str, ...] = (),
+    ) -> bool:
+        """``required``: options that measuring needs and rendering does not (declare
+        them without ``required=True``): a missing one is the parser's usage error."""
+        if args.render:
+            _report(render(self.name, args.render, self.table, self.figure))
+            return True
+        missing = [f"--{o.replace('_', '-')}" for o in required if getattr(args, o) is None]
+        if missing and parser is not None:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+        self.prov = provenance()
+        return False
+
+    def finish(self, args: argparse.Namespace, results: Any) -> list[Path]:
+        if not args.publish:
+            return []
+        if self.prov is None:
+            raise RuntimeError("Publication.render_instead was not called before measuring")
+        return _report(publish(self.name, self.prov, results, self.table, self.figure))
+
+
+def _report(paths: list[Path]) -> list[Path]:
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+    return paths

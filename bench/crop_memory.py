@@ -23,17 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from common import (
-    add_publish_arguments,
-    peak_rss_mb,
-    provenance,
-    publish,
-    pyplot,
-    render,
-    run_case,
-    save_figure,
-    write_results,
-)
+from common import Publication, peak_rss_mb, pyplot, run_case, save_figure, write_results
 
 NAME = "crop_memory"  # docs/data/NAME.{json,md}, docs/plots/NAME.png
 REFERENCE = {"1024x1024 crop": 1024 * 1024, "2048x1024 full frame": 2048 * 1024}
@@ -81,12 +71,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/crop_memory.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    add_publish_arguments(parser, NAME)
+    pub = Publication(NAME, table, figure)
+    pub.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table, figure))))
+    if pub.render_instead(args):
         return
-    prov = provenance()
     if args.one:
         print(json.dumps(one(args.one, args.threads)))
         return
@@ -101,8 +90,7 @@ def main() -> None:
             flush=True,
         )
     write_results(args.out, results, machine=False)
-    if args.publish:
-        print("\n".join(map(str, publish(NAME, prov, results, table, figure))))
+    pub.finish(args, results)
 
 
 def fit(results: list[dict]) -> tuple[float, float]:

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_publish_arguments, provenance, publish, pyplot, render, save_figure
+from common import Publication, pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "ort_vs_torch"  # docs/data/NAME.{json,md}, docs/plots/NAME.png
@@ -242,12 +242,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ort_vs_torch.json")
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
-    add_publish_arguments(parser, NAME)
+    pub = Publication(NAME, table, figure)
+    pub.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table, figure))))
+    if pub.render_instead(args):
         return
-    prov = provenance()
     if args.export:
         print(json.dumps(do_export(args.export[0], Path(args.export[1]))))
         return
@@ -290,8 +289,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "argv": sys.argv[1:]}
     args.out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-    if args.publish:
-        print("\n".join(map(str, publish(NAME, prov, results, table, figure))))
+    pub.finish(args, results)
 
 
 LABELS = {  # how the table and the plot name the configurations and engines

@@ -44,17 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import (
-    DOCS_PLOTS,
-    add_publish_arguments,
-    provenance,
-    publish,
-    pyplot,
-    render,
-    run_case,
-    save_figure,
-    write_results,
-)
+from common import DOCS_PLOTS, Publication, pyplot, run_case, save_figure, write_results
 
 NAME = "quality"  # docs/data/NAME.{json,md}, docs/plots/NAME.png, NAME_samples.png
 
@@ -347,15 +337,14 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="cases run at once (1 thread each)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality"))
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
-    add_publish_arguments(p, NAME)
+    pub = Publication(NAME, table, figure)
+    pub.add_arguments(p)
     args = p.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table, figure))))
-        return
     if args.one:
         print(json.dumps(one(*args.one)))
         return
-    prov = provenance()
+    if pub.render_instead(args):
+        return
     specs: dict[str, dict] = {}
     notes = []
     for name in [v for v in args.variants.split(",") if v]:
@@ -428,10 +417,10 @@ def main() -> None:
     print(f"samples: {samples}")
     if args.publish:
         doc = {"budget_cpu_s": args.budget, "seeds": seeds, "notes": notes, "cases": results}
-        print("\n".join(map(str, publish(NAME, prov, doc, table, figure))))
-        target = DOCS_PLOTS / f"{NAME}_samples.png"
-        target.write_bytes(samples.read_bytes())
-        print(target)
+        pub.finish(args, doc)
+        from model.fileio import write_bytes
+
+        print(write_bytes(DOCS_PLOTS / f"{NAME}_samples.png", samples.read_bytes()))
 
 
 def table(doc: dict) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from common import add_publish_arguments, provenance, publish, render  # noqa: E402
+from common import Publication  # noqa: E402
 
 NAME = "quantize"  # docs/data/NAME.{json,md}
 NAMES = {
@@ -115,9 +115,9 @@ def paper_size(data: Path, threads: int, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--segmenter", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--segmenter", type=Path)
+    parser.add_argument("--data", type=Path)
     parser.add_argument("--onnx", type=Path, help="its fp32 graph (default: export it)")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -127,12 +127,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--paper-size", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/quantize.json")
-    add_publish_arguments(parser, NAME)
+    pub = Publication(NAME, table)
+    pub.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table))))
+    if pub.render_instead(args, parser, required=("checkpoint", "segmenter", "data")):
         return
-    prov = provenance()
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -286,8 +285,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"argv": sys.argv[1:], **result}, indent=2) + "\n")
     tmp_dir.cleanup()
-    if args.publish:
-        print("\n".join(map(str, publish(NAME, prov, result, table))))
+    pub.finish(args, result)
 
 
 def _top_ops(profile: dict[str, float], k: int = 4) -> str:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import add_publish_arguments, provenance, publish, render
+from common import Publication
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tracking_outage"  # docs/data/NAME.{json,md}
@@ -90,12 +90,11 @@ def _cli(*args: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
-    add_publish_arguments(ap, NAME)
+    pub = Publication(NAME, table)
+    pub.add_arguments(ap)
     opts = ap.parse_args()
-    if opts.render:
-        print("\n".join(map(str, render(NAME, opts.render, table))))
+    if pub.render_instead(opts):
         return
-    prov = provenance()
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     data = work / "data"
     subprocess.run(
@@ -149,8 +148,7 @@ def main() -> None:
         for mode, steps in times.items()
     }
     print(json.dumps(report, indent=2))
-    if opts.publish:
-        print("\n".join(map(str, publish(NAME, prov, report, table))))
+    pub.finish(opts, report)
 
 
 def table(report: dict) -> str:

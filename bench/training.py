@@ -22,15 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from common import (
-    add_publish_arguments,
-    peak_rss_mb,
-    provenance,
-    publish,
-    render,
-    run_case,
-    write_results,
-)
+from common import Publication, peak_rss_mb, run_case, write_results
 
 NAME = "training"  # docs/data/NAME.{json,md}
 
@@ -180,12 +172,11 @@ def main() -> None:
         metavar="N",
         help="instead: fp32 vs bf16 for N iterations on the first --widths / --sizes",
     )
-    add_publish_arguments(parser, NAME)
+    pub = Publication(NAME, table)
+    pub.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table))))
+    if pub.render_instead(args):
         return
-    prov = provenance()
     if args.compare_precision:
         width, size = args.widths.split(",")[0], args.sizes.split(",")[0]
         res = compare_precision(width, size, args.compare_precision, args.threads)
@@ -214,8 +205,7 @@ def main() -> None:
                     flush=True,
                 )
     write_results(args.out, results, machine=False)
-    if args.publish:
-        print("\n".join(map(str, publish(NAME, prov, results, table))))
+    pub.finish(args, results)
 
 
 def table(results: list[dict]) -> str:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_publish_arguments, provenance, publish, render
+from common import Publication
 
 NAME = "validate_speed"  # docs/data/NAME.{json,md}
 
@@ -34,16 +34,15 @@ def _timed(fn, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="the dataset (required to measure)")
     parser.add_argument("--old", type=Path, help="an older components/validate.py")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/validate_speed.json"))
-    add_publish_arguments(parser, NAME)
+    pub = Publication(NAME, table)
+    pub.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print("\n".join(map(str, render(NAME, args.render, table))))
+    if pub.render_instead(args, parser, required=("data",)):
         return
-    prov = provenance()
     logging.basicConfig(level=logging.WARNING)
 
     from components import contract, validate
@@ -114,8 +113,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("samples", "gx_import_s", "median")}, indent=2))
-    if args.publish:
-        print("\n".join(map(str, publish(NAME, prov, out, table))))
+    pub.finish(args, out)
 
 
 def table(out: dict) -> str:
