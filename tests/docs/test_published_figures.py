@@ -28,6 +28,7 @@ def script_module(name: str):
             f"bench_{name}", ROOT / "bench" / f"{name}.py"
         )
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import does (dataclasses look it up)
         spec.loader.exec_module(module)
         return module
     finally:
@@ -92,3 +93,25 @@ def test_caption_says_where_when_and_how(tmp_path, monkeypatch):
     again = common.render("x", tmp_path / "data" / "x.json", lambda r: "other", None)
     assert (tmp_path / "data" / "x.md").read_text().startswith("other\n\n*Measured")
     assert len(again) == 2
+
+
+def test_publication_renders_without_the_options_measuring_needs(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    common = script_module("common")
+    monkeypatch.setattr(common, "DOCS_DATA", tmp_path / "data")
+    monkeypatch.setattr(common, "DOCS_PLOTS", tmp_path / "plots")
+    pub = common.Publication("x", lambda r: f"| {r} |")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data")
+    pub.add_arguments(parser)
+    with pytest.raises(SystemExit) as exc:  # measuring needs --data
+        pub.render_instead(parser.parse_args([]), parser, required=("data",))
+    assert exc.value.code == 2 and "--data" in capsys.readouterr().err
+    args = parser.parse_args(["--data", "d", "--publish"])
+    assert not pub.render_instead(args, parser, required=("data",))
+    (written_json, _) = pub.finish(args, 7)
+    assert json.loads(written_json.read_text())["results"] == 7
+    again = parser.parse_args(["--render", str(written_json)])  # no --data needed
+    assert pub.render_instead(again, parser, required=("data",))
+    assert (tmp_path / "data" / "x.md").read_text().startswith("| 7 |\n\n*Measured on")
