@@ -379,7 +379,8 @@ def create_app(holder: ModelHolder, config: ServeConfig = ServeConfig()) -> Fast
             metrics.queue_wait.labels(engine.version).observe(began - submitted)
             try:
                 check()
-                return fn(check)
+                with engine.request():  # this request's whole work, for Engine.run
+                    return fn(check)
             finally:
                 metrics.model_time.labels(engine.version).observe(time.perf_counter() - began)
 

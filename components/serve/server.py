@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components.serve.app import ModelHolder, ServeConfig, create_app
-from components.serve.engine import Engine
+from components.serve.engine import Engine, Threads
 from components.serve.front import RequestIdFilter
 from components.serve.maps import Limits
 from components.serve.source import registered, registered_onnx, registered_version, resolve
@@ -37,7 +36,7 @@ class AliasFollower:
         name: str,
         alias: str,
         tracking_uri: str | None,
-        threads: int,
+        threads: Threads,
         on_reload: Any = None,
     ) -> None:
         self.holder, self.name, self.alias = holder, name, alias
@@ -81,9 +80,12 @@ class AliasFollower:
         self._stop.set()
 
 
-def load(model: str, threads: int = 0, tracking_uri: str | None = None) -> ModelHolder:
+def load(
+    model: str, threads: Threads | None = None, tracking_uri: str | None = None
+) -> ModelHolder:
     resolved = resolve(model, tracking_uri)
-    return ModelHolder(Engine(resolved.onnx, threads, source=model, version=resolved.version))
+    engine = Engine(resolved.onnx, threads or Threads(), source=model, version=resolved.version)
+    return ModelHolder(engine)
 
 
 def read_token(path: Path) -> str:
@@ -201,7 +203,8 @@ def run(
         model: a checkpoint, an ONNX file or an MLflow model URI (``models:/NAME@alias``).
         host, port: where to listen (default loopback).
         workers: generation workers; queue: requests waiting beyond them (then 503).
-        threads: ONNX Runtime intra-op threads per worker (0: its default).
+        threads: ONNX Runtime intra-op threads per run; 0: the cores split between the
+            workers, and every core for a request that runs alone (``Threads.split``).
         data: a dataset whose label maps the editor offers (optional).
         follow_alias: reload when the registry alias of ``model`` moves, polling every
             ``poll_s`` seconds against ``tracking_uri``.
@@ -223,9 +226,8 @@ def run(
     if grace_s < 0:
         raise InputError(f"--grace-s {grace_s}: expected seconds >= 0")
     token = read_token(token_file) if token_file is not None else None
-    if threads == 0:  # split the cores between the workers rather than oversubscribe
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    holder = load(model, threads, tracking_uri)
+    plan = Threads.split(workers, threads)
+    holder = load(model, plan, tracking_uri)
     config = ServeConfig(
         workers=workers,
         queue=queue,
@@ -244,16 +246,19 @@ def run(
     follower = None
     if follow_alias:
         follower = AliasFollower(
-            holder, reg[0], reg[1], tracking_uri, threads, app.state.metrics.reloads.inc
+            holder, reg[0], reg[1], tracking_uri, plan, app.state.metrics.reloads.inc
         )
         follower.start(poll_s)
     log.info(
-        "serving %s (version %s) on http://%s:%d%s",
+        "serving %s (version %s) on http://%s:%d%s; %d worker(s) x %d thread(s)%s",
         model,
         holder.engine.version,
         host,
         port,
         " (bearer token required on /v1/*)" if token is not None else "",
+        workers,
+        plan.shared,
+        f", {plan.alone} for a request alone" if plan.alone else "",
     )
     lifecycle = app.state.lifecycle
     try:

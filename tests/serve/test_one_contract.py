@@ -22,7 +22,7 @@ from PIL import Image
 
 from components import export, generate
 from components.serve.app import ModelHolder, create_app
-from components.serve.engine import Engine
+from components.serve.engine import Engine, Threads
 from model.checkpoint import build_model, load_checkpoint
 from tests.serve.conftest import png, scene
 
@@ -77,7 +77,7 @@ def test_generate_serve_and_pyfunc_give_one_image(serve_model, logged, tmp_path,
         generate.run(labels=folder, out=tmp_path / name, instances=folder, seed=seed, **kw)
         images[name] = np.asarray(Image.open(tmp_path / name / "a.png"))
 
-    client = TestClient(create_app(ModelHolder(Engine(serve_model["onnx"], threads=1))))
+    client = TestClient(create_app(ModelHolder(Engine(serve_model["onnx"], Threads(1)))))
     files = {"label": ("l.png", png(label)), "instance": ("i.png", png(inst))}
     r = client.post("/v1/generate", files=files, data={"seed": str(seed)})
     assert r.status_code == 200, r.text
@@ -107,7 +107,7 @@ def test_seed_draws_per_instance_in_every_path(serve_model, logged):
     """The car's look follows the seed (the draw is seeded, not fixed) in the pyfunc model
     as in serve."""
     label, inst = maps(32, 64)
-    engine = Engine(serve_model["onnx"], threads=1)
+    engine = Engine(serve_model["onnx"], Threads(1))
     _, pyfunc = logged
     car = inst == 26001
     feeds = {"label": label[None, None].astype(np.int64), "instance": inst[None, None].astype(int)}

@@ -21,7 +21,7 @@ from PIL import Image
 
 from components.generate import Generator, generate_batch
 from components.serve.app import ModelHolder, ServeConfig, create_app
-from components.serve.engine import Engine
+from components.serve.engine import Engine, Threads
 from components.serve.maps import Limits
 from model.checkpoint import build_model, load_checkpoint
 from model.editing import apply_edits
@@ -33,7 +33,7 @@ from tests.serve.conftest import CENTRES, REACH, far_from, live, png, scene
 
 @pytest.fixture(scope="module")
 def engine(serve_model):
-    return Engine(serve_model["onnx"], threads=1)
+    return Engine(serve_model["onnx"], Threads(1))
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +305,9 @@ class Gate:
         assert self.release.wait(20)
         return self.inner.generate(*args, **kwargs)
 
+    def request(self):
+        return self.inner.request()
+
 
 def test_full_queue_answers_503_with_retry_after_and_recovers(engine):
     gate = Gate(engine)
@@ -391,12 +394,12 @@ def test_follow_alias_reloads_without_dropping_requests_in_flight(
         mlflow.set_tracking_uri(previous)
     client.set_registered_model_alias("tiny", "champion", "1")
 
-    holder = load("models:/tiny@champion", threads=1, tracking_uri=uri)
+    holder = load("models:/tiny@champion", Threads(1), tracking_uri=uri)
     assert holder.engine.version == "1"
     v1_engine = holder.engine
     gate = Gate(v1_engine)
     holder.swap(gate)
-    follower = AliasFollower(holder, "tiny", "champion", uri, threads=1)
+    follower = AliasFollower(holder, "tiny", "champion", uri, Threads(1))
     assert not follower.check()  # alias unchanged: nothing reloaded
     c = TestClient(create_app(holder))
     label, inst = scene()

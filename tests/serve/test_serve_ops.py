@@ -4,6 +4,7 @@ logs, the bearer token, and the life cycle of a real server process under SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from components.serve.app import ModelHolder, ServeConfig, create_app
-from components.serve.engine import Engine
+from components.serve.engine import Engine, Threads
 from components.serve.front import RequestIdFilter
 from components.serve.maps import Limits
 from pix2pixhd.cli import main
@@ -34,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def engine(serve_model):
-    return Engine(serve_model["onnx"], threads=1)
+    return Engine(serve_model["onnx"], Threads(1))
 
 
 class Broken:
@@ -50,6 +51,9 @@ class Broken:
     def generate(self, *args, **kwargs):
         raise RuntimeError("boom: internal detail")
 
+    def request(self):
+        return contextlib.nullcontext()
+
 
 class Slow:
     """The real engine, each generation slower than the deadline allows."""
@@ -61,6 +65,9 @@ class Slow:
     def generate(self, *args, **kwargs):
         time.sleep(0.5)
         return self.engine.generate(*args, **kwargs)
+
+    def request(self):
+        return self.engine.request()
 
 
 def app_with(engine, token=TOKEN, draining=False, **config):

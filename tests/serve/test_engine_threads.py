@@ -1,0 +1,106 @@
+"""How `serve` splits the cores: each worker's share when runs overlap, every core for
+a run alone (a second session), and the same answer from either session."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from components.serve.engine import Engine, Threads
+from tests.serve.conftest import scene
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "cores", "expected"),
+    [
+        (2, 0, 2, Threads(1, 2)),  # the default on 2 cores: one each, both alone
+        (1, 0, 2, Threads(2, 0)),  # one worker has every core already: one session
+        (4, 0, 2, Threads(1, 2)),  # more workers than cores: never below one thread
+        (3, 0, 8, Threads(2, 8)),  # 8 // 3 = 2 each (6 of 8 cores busy), 8 alone
+        (2, 3, 2, Threads(3, 0)),  # the user's count, for every run
+        (1, 1, 16, Threads(1, 0)),
+    ],
+)
+def test_split(workers, threads, cores, expected):
+    assert Threads.split(workers, threads, cores) == expected
+
+
+class Recording:
+    """A session stand-in that records its calls; ``hold`` keeps a call in progress."""
+
+    def __init__(self, name: str, session) -> None:
+        self.name, self.session, self.calls = name, session, []
+        self.hold, self.entered = threading.Event(), threading.Event()
+        self.hold.set()
+
+    def run(self, outputs, feeds):
+        self.calls.append(self.name)
+        self.entered.set()
+        assert self.hold.wait(30)
+        return self.session.run(outputs, feeds)
+
+
+def test_a_request_alone_uses_every_core_and_overlapping_ones_their_share(serve_model):
+    engine = Engine(serve_model["onnx"], Threads(1, 2))
+    assert engine.alone is not None
+    shared, alone = Recording("shared", engine.session), Recording("alone", engine.alone)
+    engine.session, engine.alone = shared, alone
+    label, inst = scene()
+
+    def one() -> None:
+        with engine.request():
+            engine.generate(label, inst)
+
+    one()  # nothing else in progress
+    engine.generate(label, inst)  # outside the service: alone too
+    assert (alone.calls, shared.calls) == (["alone", "alone"], [])
+
+    alone.hold.clear()  # the next request alone stays in its run ...
+    alone.entered.clear()
+    first = threading.Thread(target=one)
+    first.start()
+    assert alone.entered.wait(30)
+    one()  # ... while this one runs: the shared session
+    assert shared.calls == ["shared"]
+    alone.hold.set()
+    first.join(30)
+    assert alone.calls == ["alone"] * 3
+
+    between, leave = threading.Event(), threading.Event()
+
+    def decoding() -> None:  # a request in progress between two runs
+        with engine.request():
+            between.set()
+            assert leave.wait(30)
+
+    other = threading.Thread(target=decoding)
+    other.start()
+    assert between.wait(30)
+    one()  # shares the cores with it
+    leave.set()
+    other.join(30)
+    assert shared.calls == ["shared"] * 2
+
+    one()  # alone again once the others are done
+    assert alone.calls == ["alone"] * 4 and shared.calls == ["shared"] * 2
+
+
+def test_both_sessions_answer_alike(serve_model):
+    """Two sessions on one graph with 1 and 2 threads: the same image (at most one grey
+    level apart, should thread partitioning change a float sum's order)."""
+    label, inst = scene()
+    engine = Engine(serve_model["onnx"], Threads(1, 2))
+    alone = engine.generate(label, inst, seed=3)
+    engine.alone = None  # every run on the shared session now
+    shared = engine.generate(label, inst, seed=3)
+    assert alone.shape == shared.shape == (*label.shape, 3)
+    assert np.abs(alone.astype(int) - shared.astype(int)).max() <= 1
+
+
+def test_one_session_without_a_second_count(serve_model):
+    engine = Engine(serve_model["onnx"], Threads(2))
+    assert engine.alone is None
+    label, inst = scene()
+    assert engine.generate(label, inst).shape == (*label.shape, 3)
