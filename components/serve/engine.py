@@ -44,15 +44,15 @@ class Threads:
 
     @classmethod
     def split(cls, workers: int, threads: int = 0, cores: int | None = None) -> Threads:
-        """``threads`` > 0: that many for every run. 0: the cores split between the
-        ``workers`` (workers x threads <= cores: oversubscribed cores were 26% slower),
-        and every core for a request that runs alone, so that one client is not served
-        at one worker's share (256x128 on 2 cores: 40 instead of 65 ms per run)."""
-        if threads > 0:
-            return cls(threads)
-        cores = cores or os.cpu_count() or 1
-        shared = max(1, cores // workers)
-        return cls(shared, cores if cores > shared else 0)
+        """Each worker's ``threads`` (0: the cores split between the workers, so that
+        workers x threads <= cores: oversubscribed cores were 26% slower), and for a
+        request alone the threads all the workers use at once (at most ``cores``): one
+        client is not served at one worker's share (256x128 on 2 cores: 40 instead of
+        65 ms per run). ``cores``: those this process may run on."""
+        cores = cores or len(os.sched_getaffinity(0))
+        shared = threads or max(1, cores // workers)
+        alone = min(workers * shared, cores)
+        return cls(shared, alone if alone > shared else 0)
 
 
 class Engine:

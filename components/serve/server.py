@@ -203,8 +203,9 @@ def run(
         model: a checkpoint, an ONNX file or an MLflow model URI (``models:/NAME@alias``).
         host, port: where to listen (default loopback).
         workers: generation workers; queue: requests waiting beyond them (then 503).
-        threads: ONNX Runtime intra-op threads per run; 0: the cores split between the
-            workers, and every core for a request that runs alone (``Threads.split``).
+        threads: ONNX Runtime intra-op threads per worker (0: the cores split between
+            the workers); a request alone gets the threads of all the workers, from a
+            second session on the same graph (``Threads.split``).
         data: a dataset whose label maps the editor offers (optional).
         follow_alias: reload when the registry alias of ``model`` moves, polling every
             ``poll_s`` seconds against ``tracking_uri``.

@@ -115,3 +115,27 @@ def test_publication_renders_without_the_options_measuring_needs(tmp_path, monke
     again = parser.parse_args(["--render", str(written_json)])  # no --data needed
     assert pub.render_instead(again, parser, required=("data",))
     assert (tmp_path / "data" / "x.md").read_text().startswith("| 7 |\n\n*Measured on")
+
+
+def test_serving_tables_are_the_scripts_rendering():
+    """bench/serve_load.py measures each size in its own run (docs/data/serve_demo.json,
+    serve_1024.json) and writes the page's tables from both with ``--tables``."""
+    module = script_module("serve_load")
+    runs = [DATA / "serve_demo.json", DATA / "serve_1024.json"]
+    assert (DATA / "serve_load.md").read_text() == module.tables(runs)
+    assert (ROOT / "docs" / "plots" / "serve_load.png").stat().st_size > 1000
+    include = '--8<-- "docs/data/serve_load.md"'
+    pages = [p for p in (ROOT / "docs" / "benchmarks").glob("*.md") if include in p.read_text()]
+    assert len(pages) == 1, pages
+
+
+def test_the_engine_reference_has_no_more_streams_than_clients():
+    module = script_module("serve_load")
+    doc = {
+        "engine": [
+            {"streams": 1, "batch": 1, "images_per_s": 20.0},
+            {"streams": 2, "batch": 1, "images_per_s": 30.0},
+            {"streams": 1, "batch": 2, "images_per_s": 40.0},  # a batch: never the reference
+        ]
+    }
+    assert [module.engine_at(doc, c) for c in (1, 2, 8)] == [20.0, 30.0, 30.0]

@@ -17,9 +17,10 @@ from tests.serve.conftest import scene
     [
         (2, 0, 2, Threads(1, 2)),  # the default on 2 cores: one each, both alone
         (1, 0, 2, Threads(2, 0)),  # one worker has every core already: one session
-        (4, 0, 2, Threads(1, 2)),  # more workers than cores: never below one thread
-        (3, 0, 8, Threads(2, 8)),  # 8 // 3 = 2 each (6 of 8 cores busy), 8 alone
-        (2, 3, 2, Threads(3, 0)),  # the user's count, for every run
+        (4, 0, 2, Threads(1, 2)),  # more workers than cores: one thread, alone 2 not 4
+        (3, 0, 8, Threads(2, 6)),  # 8 // 3 = 2 each; alone, the 6 the workers use
+        (2, 1, 32, Threads(1, 2)),  # a pod's 2 CPUs on a 32-core node: 2 alone, not 32
+        (2, 3, 2, Threads(3, 0)),  # the user's count above the cores: every run
         (1, 1, 16, Threads(1, 0)),
     ],
 )
