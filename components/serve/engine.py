@@ -37,22 +37,30 @@ def local_version(meta: Mapping[str, str]) -> str:
 class Threads:
     """ONNX Runtime intra-op threads: ``shared`` for each of the runs that go at once,
     ``alone`` (when > ``shared``) for a run with no other in progress, from a second
-    session on the same graph (0: none, every run uses ``shared``)."""
+    session on the same graph (0: none, every run uses ``shared``); at most ``runs``
+    runs at once (0: as many as there are workers)."""
 
     shared: int = 0  # 0: ONNX Runtime's default (every core)
     alone: int = 0
+    runs: int = 0
 
     @classmethod
-    def split(cls, workers: int, threads: int = 0, cores: int | None = None) -> Threads:
+    def split(
+        cls, workers: int, threads: int = 0, cores: int | None = None, alone: bool = True
+    ) -> Threads:
         """Each worker's ``threads`` (0: the cores split between the workers, so that
-        workers x threads <= cores: oversubscribed cores were 26% slower), and for a
-        request alone the threads all the workers use at once (at most ``cores``): one
-        client is not served at one worker's share (256x128 on 2 cores: 40 instead of
-        65 ms per run). ``cores``: those this process may run on."""
+        workers x threads <= cores: oversubscribed cores were 26% slower); with more
+        workers than that fits, at most cores // threads runs at once (the others
+        decode and encode meanwhile, or wait); for a request alone the threads all the
+        workers use at once (at most ``cores``): one client is not served at one
+        worker's share (256x128 on 2 cores: 40 instead of 65 ms per run), unless
+        ``alone`` is False (the second session holds a second copy of the weights).
+        ``cores``: those this process may run on."""
         cores = cores or len(os.sched_getaffinity(0))
         shared = threads or max(1, cores // workers)
-        alone = min(workers * shared, cores)
-        return cls(shared, alone if alone > shared else 0)
+        every = min(workers * shared, cores)
+        runs = max(1, cores // shared) if workers * shared > cores else 0
+        return cls(shared, every if alone and every > shared else 0, runs)
 
 
 class Engine:
@@ -72,6 +80,7 @@ class Engine:
         self.session = make_session(path, "cpu", threads.shared or None)
         self.alone = make_session(path, "cpu", threads.alone) if threads.alone else None
         self._requests, self._lock = 0, threading.Lock()
+        self._slots = threading.BoundedSemaphore(threads.runs) if threads.runs else None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, path)
         self.path, self.source = path, source or str(path)
@@ -129,4 +138,8 @@ class Engine:
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """``session.run`` on the session the requests in progress call for."""
         alone = self.alone is not None and self._requests <= 1
-        return (self.alone if alone else self.session).run(None, feeds)
+        session = self.alone if alone else self.session
+        if self._slots is None:
+            return session.run(None, feeds)
+        with self._slots:  # no more runs at once than the cores hold
+            return session.run(None, feeds)

@@ -181,6 +181,7 @@ def run(
     workers: PositiveInt = 2,
     queue: int = 8,
     threads: int = 0,
+    one_session: bool = False,
     data: Path | None = None,
     follow_alias: bool = False,
     poll_s: float = 30.0,
@@ -206,6 +207,8 @@ def run(
         threads: ONNX Runtime intra-op threads per worker (0: the cores split between
             the workers); a request alone gets the threads of all the workers, from a
             second session on the same graph (``Threads.split``).
+        one_session: no second session: a request alone runs on its worker's threads
+            too; saves a copy of the weights (760 MB for the paper's generator).
         data: a dataset whose label maps the editor offers (optional).
         follow_alias: reload when the registry alias of ``model`` moves, polling every
             ``poll_s`` seconds against ``tracking_uri``.
@@ -227,7 +230,7 @@ def run(
     if grace_s < 0:
         raise InputError(f"--grace-s {grace_s}: expected seconds >= 0")
     token = read_token(token_file) if token_file is not None else None
-    plan = Threads.split(workers, threads)
+    plan = Threads.split(workers, threads, alone=not one_session)
     holder = load(model, plan, tracking_uri)
     config = ServeConfig(
         workers=workers,

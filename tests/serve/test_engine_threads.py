@@ -4,6 +4,7 @@ a run alone (a second session), and the same answer from either session."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,15 +18,18 @@ from tests.serve.conftest import scene
     [
         (2, 0, 2, Threads(1, 2)),  # the default on 2 cores: one each, both alone
         (1, 0, 2, Threads(2, 0)),  # one worker has every core already: one session
-        (4, 0, 2, Threads(1, 2)),  # more workers than cores: one thread, alone 2 not 4
+        (4, 0, 2, Threads(1, 2, 2)),  # more workers than cores: 2 runs at once, alone 2
         (3, 0, 8, Threads(2, 6)),  # 8 // 3 = 2 each; alone, the 6 the workers use
         (2, 1, 32, Threads(1, 2)),  # a pod's 2 CPUs on a 32-core node: 2 alone, not 32
-        (2, 3, 2, Threads(3, 0)),  # the user's count above the cores: every run
+        (2, 3, 2, Threads(3, 0, 1)),  # the user's count above the cores: one run at once
         (1, 1, 16, Threads(1, 0)),
+        (5, 2, 8, Threads(2, 8, 4)),  # 10 threads wanted, 8 cores: 4 runs of 2 at once
     ],
 )
 def test_split(workers, threads, cores, expected):
     assert Threads.split(workers, threads, cores) == expected
+    one = Threads.split(workers, threads, cores, alone=False)  # --one-session
+    assert one == Threads(expected.shared, 0, expected.runs)
 
 
 class Recording:
@@ -105,3 +109,34 @@ def test_one_session_without_a_second_count(serve_model):
     assert engine.alone is None
     label, inst = scene()
     assert engine.generate(label, inst).shape == (*label.shape, 3)
+
+
+def test_no_more_runs_at_once_than_the_cores_hold(serve_model):
+    """Four workers on two cores (``Threads.split(4, 0, 2)``): two runs at once; a
+    third waits for one of them to end."""
+    engine = Engine(serve_model["onnx"], Threads.split(4, 0, 2))
+    shared, alone = Recording("shared", engine.session), Recording("alone", engine.alone)
+    engine.session, engine.alone = shared, alone
+    label, inst = scene()
+    shared.hold.clear()
+    alone.hold.clear()
+    started = []
+
+    def one() -> None:
+        with engine.request():
+            started.append(1)
+            engine.generate(label, inst)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(shared.calls) + len(alone.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a third run, were it let in, would have entered by now
+    assert len(started) == 3 and len(shared.calls) + len(alone.calls) == 2
+    shared.hold.set()
+    alone.hold.set()
+    for t in threads:
+        t.join(30)
+    assert len(shared.calls) + len(alone.calls) == 3
