@@ -76,7 +76,6 @@ class Engine:
         from components.onnx_session import make_session
 
         path = Path(path)
-        self.threads = threads
         self.session = make_session(path, "cpu", threads.shared or None)
         self.alone = make_session(path, "cpu", threads.alone) if threads.alone else None
         self._requests, self._lock = 0, threading.Lock()

@@ -201,7 +201,7 @@ def test_serve_deployment_runs_the_cli_with_probes_grace_and_token():
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert args.grace_s > 0 and sleep + args.grace_s < grace <= sleep + args.grace_s + 15
     # memory requested and limited above the peak bench/serve_load.py measured with the
-    # paper's generator at 1024x512 (2.4 GB, docs/data/serve_1024.json), CPU for the HPA
+    # paper's generator at 1024x512 (docs/data/serve_1024.json), CPU for the HPA
     import json
 
     resources = container["resources"]
