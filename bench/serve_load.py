@@ -499,6 +499,7 @@ def plot(docs: list[dict[str, Any]], out: Path) -> None:
                 values = [r[key] / 1000 for r in levels]
                 bottom.plot(c, values, style, color=colour, label=f"{name} {key[:3]}")
         top.axhline(best, color="k", ls=":", lw=1, label="engine, tight loop (first run)")
+        top.plot([1], [engine_at(d, 1)], "k_", ms=16, mew=2, label="engine, one stream (first run)")
         pairs = d.get("ratio", {}).get("pairs", [])
         if pairs:  # the machine drifts: the engine's range over the paired rounds
             engines = [p["engine"] for p in pairs]
