@@ -3,6 +3,7 @@ checks, bench): one place for the options, the providers and the integrity check
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def providers(device: str = "cpu") -> list[str]:
 def make_session(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
     """An InferenceSession on ``path`` with the project's options; a bad file is an
     InputError naming it."""
+    return make_sessions(path, device, [threads])[0]
+
+
+def make_sessions(path: Path, device: str, threads: Sequence[int | None]) -> list[Any]:
+    """One InferenceSession on ``path`` per thread count, from one integrity check: the
+    file is hashed once, and all of them hold the graph that was checked."""
     import onnxruntime as ort
 
     from model.onnx_integrity import load_verified
@@ -67,16 +74,17 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None) ->
     # paper's 730 MB generator, peak memory 1.6 GB instead of 4.2 GB with the bytes
     # handed over), and a file replaced or rewritten meanwhile is refused below
     try:
-        session = ort.InferenceSession(
-            str(path), session_options(threads), providers=providers(device)
-        )
+        sessions = [
+            ort.InferenceSession(str(path), session_options(n), providers=providers(device))
+            for n in threads
+        ]
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
     if _identity(path) != before:
         raise InputError(f"{path}: the file changed while it was being loaded; load it again")
-    return session
+    return sessions
 
 
 def _identity(path: Path) -> tuple[int, ...]:

@@ -73,11 +73,12 @@ class Engine:
     def __init__(
         self, path: Path, threads: Threads = Threads(), source: str = "", version: str = ""
     ):
-        from components.onnx_session import make_session
+        from components.onnx_session import make_sessions
 
         path = Path(path)
-        self.session = make_session(path, "cpu", threads.shared or None)
-        self.alone = make_session(path, "cpu", threads.alone) if threads.alone else None
+        counts = [threads.shared or None] + ([threads.alone] if threads.alone else [])
+        self.session, *more = make_sessions(path, "cpu", counts)
+        self.alone = more[0] if more else None
         self._requests, self._lock = 0, threading.Lock()
         self._slots = threading.BoundedSemaphore(threads.runs) if threads.runs else None
         meta = self.session.get_modelmeta().custom_metadata_map

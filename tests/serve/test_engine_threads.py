@@ -140,3 +140,13 @@ def test_no_more_runs_at_once_than_the_cores_hold(serve_model):
     for t in threads:
         t.join(30)
     assert len(shared.calls) + len(alone.calls) == 3
+
+
+def test_both_sessions_from_one_integrity_check(serve_model, monkeypatch):
+    """The graph is hashed once for the two sessions (730 MB for the paper's)."""
+    import model.onnx_integrity as integrity
+
+    calls, verify = [], integrity.load_verified
+    monkeypatch.setattr(integrity, "load_verified", lambda p: calls.append(p) or verify(p))
+    engine = Engine(serve_model["onnx"], Threads(1, 2))
+    assert engine.alone is not None and calls == [serve_model["onnx"]]
